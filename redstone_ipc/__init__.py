@@ -1,0 +1,64 @@
+"""redstone-ipc: the IPC model of RedstoneOS between real Linux processes.
+
+This module is the seed's ``ipc/mod.rs``: it re-exports the public API.
+Capabilities are handles; the Linux kernel enforces them (file descriptors
+are unforgeable, SCM_RIGHTS moves them, memfd pages are the frames, futex(2)
+is the futex).
+"""
+
+from .core.object import FdHandle, Handle, HandleTable, HANDLE_TABLE, ObjectType, Rights
+from .errors import (
+    Empty,
+    FutexError,
+    InvalidAddress,
+    InvalidHandle,
+    IpcError,
+    MessageTooLarge,
+    NotMapped,
+    OutOfMemory,
+    PeerClosed,
+    PermissionDenied,
+    PortClosed,
+    ProtocolError,
+    QueueFull,
+    ShmError,
+    TimedOut,
+    WouldBlock,
+)
+from .message import Message, MessageHeader, Sender
+from .mm import PAGE_SIZE
+from .shm import Mapping, SharedMemory, ShmId
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HANDLE_TABLE",
+    "PAGE_SIZE",
+    "Empty",
+    "FdHandle",
+    "FutexError",
+    "Handle",
+    "HandleTable",
+    "InvalidAddress",
+    "InvalidHandle",
+    "IpcError",
+    "Mapping",
+    "Message",
+    "MessageHeader",
+    "MessageTooLarge",
+    "NotMapped",
+    "ObjectType",
+    "OutOfMemory",
+    "PeerClosed",
+    "PermissionDenied",
+    "PortClosed",
+    "ProtocolError",
+    "QueueFull",
+    "Rights",
+    "Sender",
+    "SharedMemory",
+    "ShmError",
+    "ShmId",
+    "TimedOut",
+    "WouldBlock",
+]

@@ -1,0 +1,106 @@
+"""The exception hierarchy: the seed's error enums, as exception classes.
+
+Every error redstone-ipc raises on purpose derives from :class:`IpcError`.
+Classes also subclass the builtin that best describes them, so code written
+against the standard library keeps working (``except TimeoutError`` catches
+:class:`TimedOut`, ``except PermissionError`` catches :class:`PermissionDenied`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "IpcError",
+    "PortClosed",
+    "QueueFull",
+    "Empty",
+    "InvalidHandle",
+    "PermissionDenied",
+    "PeerClosed",
+    "MessageTooLarge",
+    "ProtocolError",
+    "ShmError",
+    "OutOfMemory",
+    "InvalidAddress",
+    "NotMapped",
+    "FutexError",
+    "WouldBlock",
+    "TimedOut",
+]
+
+
+class IpcError(Exception):
+    """Base class of every error raised by redstone-ipc."""
+
+
+# -- seed: ipc::port::IpcError ------------------------------------------------
+
+
+class PortClosed(IpcError):
+    """The port was closed (by its receiver, or because the receiver died)."""
+
+
+class QueueFull(IpcError):
+    """The queue holds ``capacity`` messages; the sender would have to wait."""
+
+
+class Empty(IpcError):
+    """No message is queued (non-blocking receive, or a receive timed out)."""
+
+
+class InvalidHandle(IpcError, ValueError):
+    """The handle is closed, was moved to another process, or never existed."""
+
+
+class PermissionDenied(IpcError, PermissionError):
+    """The handle lacks the right that the operation needs."""
+
+
+class PeerClosed(IpcError, ConnectionError):
+    """The other end of a channel or pipe is gone."""
+
+
+class MessageTooLarge(IpcError, ValueError):
+    """A message exceeds what the transport can carry."""
+
+
+class ProtocolError(IpcError):
+    """A record on the wire is malformed; whatever arrived with it was closed."""
+
+
+# -- seed: ipc::shm::ShmError -------------------------------------------------
+
+
+class ShmError(IpcError):
+    """Base class of shared-memory errors."""
+
+
+class OutOfMemory(ShmError, MemoryError):
+    """The kernel refused to allocate the pages."""
+
+
+class NotMapped(ShmError):
+    """The mapping was already unmapped."""
+
+
+# -- seed: ipc::futex::FutexError ---------------------------------------------
+
+
+class FutexError(IpcError):
+    """Base class of futex and wait errors."""
+
+
+class InvalidAddress(ShmError, FutexError, ValueError):
+    """An offset is misaligned, out of range, or not in a usable mapping.
+
+    One class serves both the seed's ``ShmError::InvalidAddress`` and
+    ``FutexError::InvalidAddress``; it is a subclass of both.
+    """
+
+
+class WouldBlock(FutexError, BlockingIOError):
+    """The futex word did not hold the expected value: no sleep happened."""
+
+
+class TimedOut(FutexError, TimeoutError):
+    """A wait ran out of time."""
+

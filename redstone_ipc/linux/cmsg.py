@@ -1,0 +1,100 @@
+"""One record over an AF_UNIX SOCK_SEQPACKET socket, with fds and credentials.
+
+``socket.recv_fds`` ignores its flags, so received fds would not be
+close-on-exec; this module calls ``recvmsg`` with ``MSG_CMSG_CLOEXEC`` and
+parses the ancillary data itself. A short ancillary buffer makes the kernel
+close the extra fds and set ``MSG_CTRUNC``: callers must treat that as an
+error (``Record.ctrunc``).
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import select
+import socket
+import struct
+from dataclasses import dataclass, field
+
+__all__ = [
+    "MAX_FDS",
+    "ANCBUF_SIZE",
+    "Record",
+    "recv_record",
+    "send_record",
+    "close_fds",
+    "seqpacket_pair",
+    "peer_hung_up",
+]
+
+MAX_FDS = 253  # SCM_MAX_FD: the kernel's limit of fds in one message
+_CRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
+ANCBUF_SIZE = socket.CMSG_SPACE(4 * MAX_FDS) + socket.CMSG_SPACE(_CRED.size)
+_RECV_FLAGS = socket.MSG_CMSG_CLOEXEC
+
+
+@dataclass
+class Record:
+    """What one recvmsg returned. ``fds`` are owned by whoever holds this."""
+
+    data: bytes
+    fds: list[int] = field(default_factory=list)
+    creds: tuple[int, int, int] | None = None
+    truncated: bool = False  # MSG_TRUNC: the record was longer than the buffer
+    ctrunc: bool = False  # MSG_CTRUNC: fds were lost (the kernel closed them)
+
+
+def recv_record(sock: socket.socket, bufsize: int, flags: int = 0) -> Record:
+    """Receive one record; raises what ``recvmsg`` raises (BlockingIOError, ...)."""
+    data, ancdata, msg_flags, _ = sock.recvmsg(bufsize, ANCBUF_SIZE, flags | _RECV_FLAGS)
+    record = Record(data)
+    for level, kind, payload in ancdata:
+        if level != socket.SOL_SOCKET:
+            continue
+        if kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+            record.fds.extend(fds)
+        elif kind == socket.SCM_CREDENTIALS and len(payload) >= _CRED.size:
+            record.creds = _CRED.unpack_from(payload)
+    record.truncated = bool(msg_flags & socket.MSG_TRUNC)
+    record.ctrunc = bool(msg_flags & socket.MSG_CTRUNC)
+    return record
+
+
+def send_record(
+    sock: socket.socket, buffers: list, fds: list[int], flags: int = 0
+) -> int:
+    """Send ``buffers`` as one record (gathered: no concatenation) with ``fds``."""
+    if fds:
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        return sock.sendmsg(buffers, anc, flags)
+    return sock.sendmsg(buffers, (), flags)
+
+
+def close_fds(fds: list[int]) -> None:
+    """Close every fd, ignoring ones already closed."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def seqpacket_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected, close-on-exec SOCK_SEQPACKET pair that reports credentials."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    return a, b
+
+
+def peer_hung_up(sock: socket.socket) -> bool:
+    """True when nothing more can ever be read (the peer is gone).
+
+    Tells EOF apart from a zero-length record, which recvmsg reports alike.
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    events = poller.poll(0)
+    return bool(events and events[0][1] & (select.POLLHUP | select.POLLRDHUP))

@@ -1,0 +1,251 @@
+"""The wire format: one Message as one SOCK_SEQPACKET record.
+
+Layout (all little-endian; the full specification is ``docs/wire-format.md``)::
+
+    0   MessageHeader       size u32, handle_count u32, msg_type u32, reserved u32
+    16  transport header    magic u32 "RSIP", version u16, flags u16,
+                            priority i32, txid u32
+    32  descriptors         handle_count x (type u16, fd_count u16, rights u32,
+                            extra u64)
+    ..  payload             header.size bytes (absent if FLAG_PAYLOAD_MEMFD)
+    SCM_RIGHTS              the descriptors' fds in order, then the payload memfd
+
+Sending gathers the header block and the caller's payload buffer in one
+``sendmsg`` (no concatenation copy). Receiving validates everything before a
+single handle is made; on any error every fd that arrived is closed and the
+socket is left ready for the next record.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import struct
+
+from ..core.object import HANDLE_TABLE, KernelObject, Rights
+from ..errors import MessageTooLarge, ProtocolError
+from ..linux import cmsg, memfd
+from .message import Message, MessageHeader, Sender
+
+__all__ = [
+    "MAGIC",
+    "VERSION",
+    "FLAG_PAYLOAD_MEMFD",
+    "HEAD_SIZE",
+    "DESCRIPTOR_SIZE",
+    "send_message",
+    "recv_message",
+]
+
+MAGIC = 0x50495352  # b"RSIP" read as a little-endian u32
+VERSION = 1
+FLAG_PAYLOAD_MEMFD = 0x0001  # the payload travels in a sealed memfd, the last fd
+_KNOWN_FLAGS = FLAG_PAYLOAD_MEMFD
+
+_HEAD = struct.Struct("<4I IHHiI")
+_DESCRIPTOR = struct.Struct("<HHIQ")
+HEAD_SIZE = _HEAD.size  # 32
+DESCRIPTOR_SIZE = _DESCRIPTOR.size  # 16
+_I32 = (-(2**31), 2**31 - 1)
+
+# Largest record a default unix socket carries: SO_SNDBUF (212,992) - 32.
+DEFAULT_MAX_RECORD = 212_960
+
+
+def send_message(
+    sock: socket.socket,
+    msg: Message,
+    *,
+    priority: int = 0,
+    txid: int = 0,
+    flags: int = 0,
+    max_record: int = DEFAULT_MAX_RECORD,
+) -> None:
+    """Send ``msg`` as one record; on success its handles have moved away.
+
+    Raises what ``sendmsg`` raises (BlockingIOError, BrokenPipeError, ...) with
+    every handle still valid. A payload whose record would exceed
+    ``max_record`` travels in a sealed memfd (one copy on the sending side,
+    none on the receiving side).
+    """
+    if not _I32[0] <= priority <= _I32[1]:
+        raise ValueError(f"priority must fit an i32, not {priority}")
+    handles = msg.handles
+    header = msg.header
+    descriptors = []
+    fds: list[int] = []
+    for handle in handles:
+        obj: KernelObject = handle._require(Rights.TRANSFER)
+        rights = handle.rights
+        obj_fds = obj.transfer_fds(rights)
+        descriptors.append(
+            _DESCRIPTOR.pack(obj.TYPE, len(obj_fds), rights, obj.transfer_extra(rights))
+        )
+        fds.extend(obj_fds)
+    if len(fds) >= cmsg.MAX_FDS:  # one place is kept for an out-of-line payload
+        raise MessageTooLarge(
+            f"the handles need {len(fds)} fds; one message carries at most {cmsg.MAX_FDS - 1}"
+        )
+    wire_flags = 0
+    payload_fd = -1
+    inline_size = HEAD_SIZE + DESCRIPTOR_SIZE * len(handles) + header.size
+    if inline_size > max_record:
+        payload_fd = _payload_memfd(msg.payload, header.size)
+        fds.append(payload_fd)
+        wire_flags |= FLAG_PAYLOAD_MEMFD
+    head = _HEAD.pack(
+        header.size, len(handles), header.msg_type, header.reserved,
+        MAGIC, VERSION, wire_flags, priority, txid,
+    )
+    buffers: list = [head, *descriptors]
+    if not wire_flags and header.size:
+        buffers.append(msg.payload)
+    try:
+        for handle in handles:
+            handle._live().prepare_transfer(handle.rights)
+        cmsg.send_record(sock, buffers, fds, flags)
+    finally:
+        if payload_fd >= 0:
+            os.close(payload_fd)
+    for handle in handles:
+        handle._moved()
+
+
+def _payload_memfd(payload: object, size: int) -> int:
+    """A memfd holding ``payload``, sealed so the receiver can trust it."""
+    fd = os.memfd_create("redstone-payload", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(payload).cast("B")  # type: ignore[arg-type]
+        written = 0
+        while written < size:
+            written += os.pwrite(fd, view[written:], written)
+        memfd.add_seals(
+            fd, memfd.SEAL_WRITE | memfd.SEAL_SHRINK | memfd.SEAL_GROW | memfd.SEAL_SEAL
+        )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def recv_message(
+    sock: socket.socket, *, flags: int = 0, max_record: int = DEFAULT_MAX_RECORD
+) -> Message | None:
+    """Receive and validate one record. ``None`` at end of stream (peer gone).
+
+    Raises ProtocolError or MessageTooLarge for a bad record, after closing
+    every fd that came with it; BlockingIOError and other OSErrors as
+    ``recvmsg`` raises them.
+    """
+    record = cmsg.recv_record(sock, max_record, flags)
+    try:
+        if not record.data and not record.fds and not record.truncated:
+            if cmsg.peer_hung_up(sock):
+                return None
+            raise ProtocolError("empty record")
+        return _decode(record)
+    except BaseException:
+        cmsg.close_fds(record.fds)
+        raise
+
+
+def _decode(record: cmsg.Record) -> Message:
+    """Build a Message from a record. Owns ``record.fds`` only on success."""
+    if record.ctrunc:
+        raise ProtocolError(
+            f"too many fds: the kernel dropped some (at most {cmsg.MAX_FDS} per message)"
+        )
+    if record.truncated:
+        raise MessageTooLarge(f"record longer than the {len(record.data)}-byte receive buffer")
+    data = record.data
+    if len(data) < HEAD_SIZE:
+        raise ProtocolError(f"truncated record: {len(data)} bytes, the header needs {HEAD_SIZE}")
+    (size, handle_count, msg_type, reserved, magic, version, wire_flags, priority, txid) = (
+        _HEAD.unpack_from(data)
+    )
+    if magic != MAGIC or version != VERSION:
+        raise ProtocolError(f"not a redstone-ipc v{VERSION} record (magic {magic:#x}, v{version})")
+    if reserved:
+        raise ProtocolError(f"reserved header field is {reserved}, must be 0")
+    if wire_flags & ~_KNOWN_FLAGS:
+        raise ProtocolError(f"unknown flags {wire_flags & ~_KNOWN_FLAGS:#x}")
+    payload_start = HEAD_SIZE + DESCRIPTOR_SIZE * handle_count
+    if handle_count > cmsg.MAX_FDS or payload_start > len(data):
+        raise ProtocolError(
+            f"truncated record: handle_count {handle_count} needs {payload_start} bytes, "
+            f"got {len(data)}"
+        )
+    descriptors = [
+        _DESCRIPTOR.unpack_from(data, HEAD_SIZE + DESCRIPTOR_SIZE * i)
+        for i in range(handle_count)
+    ]
+    out_of_line = bool(wire_flags & FLAG_PAYLOAD_MEMFD)
+    fds_expected = sum(d[1] for d in descriptors) + out_of_line
+    if fds_expected != len(record.fds):
+        raise ProtocolError(
+            f"descriptors name {fds_expected} fds but {len(record.fds)} arrived"
+        )
+    classes = []
+    for obj_type, _, rights, _ in descriptors:
+        cls = KernelObject.class_for(obj_type)
+        if rights & ~cls.ALLOWED_RIGHTS:
+            raise ProtocolError(
+                f"rights {Rights(rights & ~cls.ALLOWED_RIGHTS)!r} are not allowed "
+                f"for a {cls.TYPE.name} handle"
+            )
+        classes.append(cls)
+    inline = len(data) - payload_start
+    if out_of_line:
+        if inline:
+            raise ProtocolError(f"{inline} inline payload bytes beside an out-of-line payload")
+        payload: object = _map_payload(record.fds[-1], size)
+    else:
+        if inline != size:
+            raise ProtocolError(f"header size {size} but the record carries {inline} bytes")
+        payload = memoryview(data)[payload_start:] if size else b""
+
+    # Everything checked: now make objects, undoing all of it on failure.
+    objects: list[tuple[KernelObject, Rights]] = []
+    position = 0
+    try:
+        for cls, (_, fd_count, rights, extra) in zip(classes, descriptors):
+            fds = record.fds[position : position + fd_count]
+            objects.append((cls.from_transfer(fds, Rights(rights), extra), Rights(rights)))
+            position += fd_count
+    except BaseException:
+        for obj, _ in objects:
+            obj._destroy()
+        cmsg.close_fds(record.fds[position:])
+        record.fds.clear()
+        raise
+    if out_of_line:
+        os.close(record.fds[-1])
+    record.fds.clear()
+
+    msg = Message.__new__(Message)
+    msg.header = MessageHeader(size, handle_count, msg_type, 0)
+    msg._payload = payload  # type: ignore[assignment]
+    msg.handles = [HANDLE_TABLE.insert(obj, rights) for obj, rights in objects]
+    msg.txid = txid
+    msg.priority = priority
+    msg.sender = Sender(*record.creds) if record.creds else None
+    return msg
+
+
+def _map_payload(fd: int, size: int) -> object:
+    """Map an out-of-line payload read-only, after checking its seals and size."""
+    required = memfd.SEAL_WRITE | memfd.SEAL_SHRINK | memfd.SEAL_GROW
+    try:
+        seals = memfd.get_seals(fd)
+        actual = os.fstat(fd).st_size
+    except OSError:
+        raise ProtocolError("the out-of-line payload fd is not a memfd") from None
+    if seals & required != required:
+        raise ProtocolError("the out-of-line payload memfd is not sealed against writes")
+    if actual != size:
+        raise ProtocolError(f"header size {size} but the payload memfd holds {actual} bytes")
+    if size == 0:
+        return b""
+    return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+

@@ -1,0 +1,5 @@
+"""Shared memory (seed: ``ipc/shm``)."""
+
+from .shm import Mapping, SharedMemory, ShmId
+
+__all__ = ["Mapping", "SharedMemory", "ShmId"]
