@@ -1,0 +1,90 @@
+"""Futex: sleep on a 32-bit word in shared memory; wake its sleepers.
+
+The seed (``ipc/futex/futex.rs``) sketches a futex table in the kernel. Its
+``wait`` reads the word *outside* the table lock and then sleeps *holding*
+the lock: a waker that changes the word between the read and the enqueue is
+missed (a lost wake-up), and while one thread sleeps nobody else can wait or
+wake at all. Its ``wake`` returns ``count`` whether or not anyone was there
+to wake. Linux's ``futex(2)`` does what the seed meant: the compare and the
+enqueue happen atomically under the kernel's hash-bucket lock, the lock is
+never held while sleeping, and ``FUTEX_WAKE`` returns the number of threads
+it really woke. So :class:`Futex` is a thin, checked front end to the real
+system call (``redstone_ipc.linux.futex``), on words of a
+:class:`~redstone_ipc.shm.shm.Mapping`.
+
+How to use it: keep a condition in shared memory, summarised by a 32-bit
+word. A waiter reads the word, checks the condition, and if it must wait
+calls ``Futex.wait(m, off, value_it_read)``; the kernel puts it to sleep only
+if the word still holds that value. A waker first changes the word, then
+calls ``Futex.wake(m, off, n)``. Whatever the interleaving, the waiter either
+sees the new value (WouldBlock, or its own check) or is asleep in time to be
+woken. Wake-ups may be spurious: always re-check in a loop.
+
+The futex is keyed by the shared page (memfd inode + offset), not by the
+virtual address, so processes that map the region at different addresses
+still meet on the same word.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from ..linux.futex import WAKE_ALL, futex_wait, futex_wake
+from ..shm.shm import Mapping
+from .block import check_mapping
+
+__all__ = ["Futex", "WAKE_ALL"]
+
+_c_void_p = ctypes.c_void_p
+_U32_MAX = 0xFFFFFFFF
+
+
+class Futex:
+    """Wait and wake on u32 words of a Mapping. Only static methods.
+
+    Neither operation writes the word, so both work on read-only mappings.
+    """
+
+    __slots__ = ()
+
+    @staticmethod
+    def wait(mapping: Mapping, offset: int, expected: int, timeout: float | None = None) -> None:
+        """Sleep while the u32 at ``offset`` of ``mapping`` holds ``expected``.
+
+        Returns after a wake-up (which may be spurious: re-check). ``timeout``
+        is in seconds; None waits forever, 0 (or less) only checks.
+        """
+        # Contract:
+        # - WouldBlock at once if the word != expected (the kernel compares
+        #   and enqueues atomically with respect to wake: nothing is lost);
+        # - TimedOut when ``timeout`` elapses;
+        # - InvalidAddress if ``mapping`` is not a Mapping, or ``offset`` is
+        #   misaligned or outside it; NotMapped if it was unmapped;
+        # - ValueError if ``expected`` is not a u32;
+        # - a signal runs its Python handler; an exception from the handler
+        #   (KeyboardInterrupt...) propagates, else the wait resumes with the
+        #   time that is left;
+        # - the mapping cannot be unmapped while this waits (pinned).
+        if mapping.__class__ is not Mapping:
+            check_mapping(mapping)
+        address = mapping.word_address(offset)
+        if not 0 <= expected <= _U32_MAX:
+            raise ValueError(f"expected must be a u32, not {expected!r}")
+        with memoryview(mapping):  # pin: unmap() refuses while we sleep
+            futex_wait(_c_void_p(address), expected, timeout)
+
+    @staticmethod
+    def wake(mapping: Mapping, offset: int, count: int = 1) -> int:
+        """Wake up to ``count`` waiters of the word; return how many were woken.
+
+        ``WAKE_ALL`` (or any count >= it) wakes every waiter.
+        """
+        # Contract: returns the kernel's real count (0 if nobody waited);
+        # count == 0 wakes nobody; ValueError if count < 0; InvalidAddress /
+        # NotMapped as for wait. Does not write the word: change it first.
+        if mapping.__class__ is not Mapping:
+            check_mapping(mapping)
+        address = mapping.word_address(offset)
+        if count < 0:
+            raise ValueError(f"count must be >= 0, not {count}")
+        return futex_wake(_c_void_p(address), count)
