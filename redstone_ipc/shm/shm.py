@@ -53,6 +53,9 @@ ShmId = NewType("ShmId", int)
 """Identifies a region system-wide: the same in every process that holds it."""
 
 
+_MAX_FILE_SIZE = 2**63 - 1  # off_t
+
+
 class _ShmObject(KernelObject):
     TYPE = ObjectType.SHM
     DEFAULT_RIGHTS = Rights.READ | Rights.WRITE | Rights.MAP | Rights.DUPLICATE | Rights.TRANSFER
@@ -138,6 +141,8 @@ class SharedMemory(Handle):
         if size <= 0:
             raise ValueError(f"shared memory size must be positive, not {size}")
         rounded = page_round_up(size)
+        if rounded > _MAX_FILE_SIZE:
+            raise OutOfMemory(f"{size} bytes is beyond any region the kernel can hold")
         try:
             fd = memfd.memfd_create("redstone-shm", rounded)
         except OSError as e:
