@@ -103,6 +103,8 @@ def cases():
          ProtocolError, "holds 4096 bytes"),
         ("payload memfd and inline bytes", head(size=3, flags=1) + b"abc",
          lambda: [sealed_memfd(3, WRITE_SEALS)], ProtocolError, "inline payload"),
+        ("payload memfd missing", head(size=3, flags=1), lambda: [], ProtocolError,
+         "no payload memfd"),
         ("empty record", b"", lambda: [], ProtocolError, "empty record"),
     ]
 

@@ -14,7 +14,7 @@ import os
 import select
 import socket
 import struct
-from dataclasses import dataclass, field
+import threading
 
 __all__ = [
     "MAX_FDS",
@@ -30,35 +30,64 @@ __all__ = [
 MAX_FDS = 253  # SCM_MAX_FD: the kernel's limit of fds in one message
 _CRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 ANCBUF_SIZE = socket.CMSG_SPACE(4 * MAX_FDS) + socket.CMSG_SPACE(_CRED.size)
-_RECV_FLAGS = socket.MSG_CMSG_CLOEXEC
+# Plain ints: the socket module's flag enums cost microseconds per operation.
+_RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC)
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
+_SCM_CREDENTIALS = int(socket.SCM_CREDENTIALS)
 
 
-@dataclass
 class Record:
     """What one recvmsg returned. ``fds`` are owned by whoever holds this."""
 
-    data: bytes
-    fds: list[int] = field(default_factory=list)
-    creds: tuple[int, int, int] | None = None
-    truncated: bool = False  # MSG_TRUNC: the record was longer than the buffer
-    ctrunc: bool = False  # MSG_CTRUNC: fds were lost (the kernel closed them)
+    __slots__ = ("data", "fds", "creds", "truncated", "ctrunc")
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = data
+        self.fds: list[int] = []
+        self.creds: tuple[int, int, int] | None = None
+        self.truncated = False  # MSG_TRUNC: the record was longer than the buffer
+        self.ctrunc = False  # MSG_CTRUNC: fds were lost (the kernel closed them)
+
+
+# Records up to this size are copied out of the reusable receive buffer; a
+# larger one keeps the buffer (no copy) and the next receive makes a new one.
+_COPY_LIMIT = 16 * 1024
+_buffers = threading.local()  # one receive buffer per thread: no lock needed
 
 
 def recv_record(sock: socket.socket, bufsize: int, flags: int = 0) -> Record:
-    """Receive one record; raises what ``recvmsg`` raises (BlockingIOError, ...)."""
-    data, ancdata, msg_flags, _ = sock.recvmsg(bufsize, ANCBUF_SIZE, flags | _RECV_FLAGS)
+    """Receive one record; raises what ``recvmsg`` raises (BlockingIOError, ...).
+
+    Receives into a preallocated per-thread buffer: allocating ``bufsize``
+    bytes per call (as ``recvmsg`` does) costs more than the syscall itself.
+    """
+    buf = getattr(_buffers, "buf", None)
+    if buf is None or len(buf) < bufsize:
+        buf = _buffers.buf = memoryview(bytearray(bufsize))
+    nbytes, ancdata, msg_flags, _ = sock.recvmsg_into(
+        (buf[:bufsize],), ANCBUF_SIZE, flags | _RECV_FLAGS
+    )
+    if nbytes <= _COPY_LIMIT:
+        data: bytes | memoryview = buf[:nbytes].tobytes()
+    else:
+        data = buf[:nbytes]
+        _buffers.buf = None
     record = Record(data)
     for level, kind, payload in ancdata:
-        if level != socket.SOL_SOCKET:
+        if level != _SOL_SOCKET:
             continue
-        if kind == socket.SCM_RIGHTS:
+        if kind == _SCM_RIGHTS:
             fds = array.array("i")
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
             record.fds.extend(fds)
-        elif kind == socket.SCM_CREDENTIALS and len(payload) >= _CRED.size:
+        elif kind == _SCM_CREDENTIALS and len(payload) >= _CRED.size:
             record.creds = _CRED.unpack_from(payload)
-    record.truncated = bool(msg_flags & socket.MSG_TRUNC)
-    record.ctrunc = bool(msg_flags & socket.MSG_CTRUNC)
+    if msg_flags:
+        record.truncated = bool(msg_flags & _MSG_TRUNC)
+        record.ctrunc = bool(msg_flags & _MSG_CTRUNC)
     return record
 
 
@@ -67,7 +96,7 @@ def send_record(
 ) -> int:
     """Send ``buffers`` as one record (gathered: no concatenation) with ``fds``."""
     if fds:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        anc = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))]
         return sock.sendmsg(buffers, anc, flags)
     return sock.sendmsg(buffers, (), flags)
 

@@ -176,61 +176,72 @@ def _decode(record: cmsg.Record) -> Message:
             f"truncated record: handle_count {handle_count} needs {payload_start} bytes, "
             f"got {len(data)}"
         )
-    descriptors = [
-        _DESCRIPTOR.unpack_from(data, HEAD_SIZE + DESCRIPTOR_SIZE * i)
-        for i in range(handle_count)
-    ]
-    out_of_line = bool(wire_flags & FLAG_PAYLOAD_MEMFD)
-    fds_expected = sum(d[1] for d in descriptors) + out_of_line
-    if fds_expected != len(record.fds):
-        raise ProtocolError(
-            f"descriptors name {fds_expected} fds but {len(record.fds)} arrived"
+    out_of_line = wire_flags & FLAG_PAYLOAD_MEMFD
+    fds = record.fds
+    if out_of_line and not fds:
+        raise ProtocolError("out-of-line payload flag set but no payload memfd arrived")
+    plan = _check_descriptors(data, handle_count, len(fds) - bool(out_of_line)) if (
+        handle_count or fds
+    ) else []
+    inline = len(data) - payload_start
+    if out_of_line:
+        if inline:
+            raise ProtocolError(f"{inline} inline payload bytes beside an out-of-line payload")
+        payload: object = _map_payload(fds[-1], size)
+    elif inline != size:
+        raise ProtocolError(f"header size {size} but the record carries {inline} bytes")
+    else:
+        payload = memoryview(data)[payload_start:] if size else b""
+
+    # Everything checked: now the objects take their fds, undone on failure.
+    objects: list[tuple[KernelObject, Rights]] = []
+    position = 0
+    try:
+        for cls, fd_count, rights, extra in plan:
+            objects.append((cls.from_transfer(fds[position : position + fd_count], rights, extra), rights))
+            position += fd_count
+    except BaseException:
+        for obj, _ in objects:
+            obj._destroy()
+        del fds[:position]  # closed by their objects; the rest is the caller's
+        if out_of_line and size:
+            payload.close()  # type: ignore[attr-defined]
+        raise
+    if out_of_line:
+        os.close(fds[-1])
+    fds.clear()
+
+    msg = Message.__new__(Message)
+    msg.header = MessageHeader(size, handle_count, msg_type, 0)
+    msg._payload = payload  # type: ignore[assignment]
+    msg.handles = [HANDLE_TABLE.insert(obj, rights) for obj, rights in objects] if objects else []
+    msg.txid = txid
+    msg.priority = priority
+    msg.sender = Sender(*record.creds) if record.creds else None
+    return msg
+
+
+def _check_descriptors(
+    data: bytes | memoryview, handle_count: int, handle_fds: int
+) -> list[tuple[type[KernelObject], int, Rights, int]]:
+    """Parse and check the descriptors: (class, fd_count, rights, extra) each."""
+    plan = []
+    fds_named = 0
+    for i in range(handle_count):
+        obj_type, fd_count, rights, extra = _DESCRIPTOR.unpack_from(
+            data, HEAD_SIZE + DESCRIPTOR_SIZE * i
         )
-    classes = []
-    for obj_type, _, rights, _ in descriptors:
         cls = KernelObject.class_for(obj_type)
         if rights & ~cls.ALLOWED_RIGHTS:
             raise ProtocolError(
                 f"rights {Rights(rights & ~cls.ALLOWED_RIGHTS)!r} are not allowed "
                 f"for a {cls.TYPE.name} handle"
             )
-        classes.append(cls)
-    inline = len(data) - payload_start
-    if out_of_line:
-        if inline:
-            raise ProtocolError(f"{inline} inline payload bytes beside an out-of-line payload")
-        payload: object = _map_payload(record.fds[-1], size)
-    else:
-        if inline != size:
-            raise ProtocolError(f"header size {size} but the record carries {inline} bytes")
-        payload = memoryview(data)[payload_start:] if size else b""
-
-    # Everything checked: now make objects, undoing all of it on failure.
-    objects: list[tuple[KernelObject, Rights]] = []
-    position = 0
-    try:
-        for cls, (_, fd_count, rights, extra) in zip(classes, descriptors):
-            fds = record.fds[position : position + fd_count]
-            objects.append((cls.from_transfer(fds, Rights(rights), extra), Rights(rights)))
-            position += fd_count
-    except BaseException:
-        for obj, _ in objects:
-            obj._destroy()
-        cmsg.close_fds(record.fds[position:])
-        record.fds.clear()
-        raise
-    if out_of_line:
-        os.close(record.fds[-1])
-    record.fds.clear()
-
-    msg = Message.__new__(Message)
-    msg.header = MessageHeader(size, handle_count, msg_type, 0)
-    msg._payload = payload  # type: ignore[assignment]
-    msg.handles = [HANDLE_TABLE.insert(obj, rights) for obj, rights in objects]
-    msg.txid = txid
-    msg.priority = priority
-    msg.sender = Sender(*record.creds) if record.creds else None
-    return msg
+        plan.append((cls, fd_count, Rights(rights), extra))
+        fds_named += fd_count
+    if fds_named != handle_fds:
+        raise ProtocolError(f"descriptors name {fds_named} fds but {handle_fds} arrived")
+    return plan
 
 
 def _map_payload(fd: int, size: int) -> object:
