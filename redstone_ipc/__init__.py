@@ -28,10 +28,20 @@ from .errors import (
 from .message import Message, MessageHeader, Sender
 from .mm import PAGE_SIZE
 from .shm import Mapping, SharedMemory, ShmId
+from .futex import Futex, FutexWord
+from .sched import WaitQueue
+from .sync import Condition, Event, Mutex, Semaphore
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Condition",
+    "Event",
+    "Futex",
+    "FutexWord",
+    "Mutex",
+    "Semaphore",
+    "WaitQueue",
     "HANDLE_TABLE",
     "PAGE_SIZE",
     "Empty",

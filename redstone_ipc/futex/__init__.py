@@ -1,6 +1,6 @@
 """Futex (seed: ``ipc/futex``): wait/wake on u32 words of shared memory."""
 
 from .block import SharedBlock
-from .futex import WAKE_ALL, Futex
+from .futex import WAKE_ALL, Futex, FutexWord
 
-__all__ = ["Futex", "SharedBlock", "WAKE_ALL"]
+__all__ = ["Futex", "FutexWord", "SharedBlock", "WAKE_ALL"]

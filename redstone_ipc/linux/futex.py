@@ -53,6 +53,7 @@ WAKE_ALL = 0x7FFFFFFF  # INT_MAX: "every sleeper" for futex_wake
 
 _NR_FUTEX = SYS["futex"]
 _MASK = 0xFFFFFFFF
+_MAX_SLEEP = 1e9  # seconds per FUTEX_WAIT (~31 years); longer waits loop
 
 # A private function object, not the shared ``libc.syscall``: no argtypes, so
 # the prebuilt c_void_p and small ints pass straight through (each argtypes
@@ -118,6 +119,8 @@ def futex_wait(addr: ctypes.c_void_p | int, expected: int, timeout: float | None
     remaining = timeout
     while True:
         if remaining > 0:
+            if remaining > _MAX_SLEEP:
+                remaining = _MAX_SLEEP  # keep tv_sec far from overflow; loop for the rest
             sec = int(remaining)
             ts.tv_sec = sec
             ts.tv_nsec = int((remaining - sec) * 1e9)
@@ -128,10 +131,13 @@ def futex_wait(addr: ctypes.c_void_p | int, expected: int, timeout: float | None
         if _syscall(_NR_FUTEX, addr, FUTEX_WAIT, expected, _byref(ts)) == 0:
             return
         err = _get_errno()
-        if err != errno.EINTR:
+        if err == errno.EINTR:
+            _check_signals()
+        elif err != errno.ETIMEDOUT:
             raise _error(err, addr)
-        _check_signals()
         remaining = deadline - _monotonic()
+        if err == errno.ETIMEDOUT and remaining <= 0:
+            raise TimedOut("futex wait timed out")
 
 
 def futex_wake(addr: ctypes.c_void_p | int, count: int = 1) -> int:

@@ -1,0 +1,5 @@
+"""Scheduling integration (seed: ``crate::sched``): cross-process wait queues."""
+
+from .wait import WaitQueue
+
+__all__ = ["WaitQueue"]

@@ -1,0 +1,143 @@
+"""Event: a flag in shared memory that processes can wait for.
+
+The same contract as :class:`threading.Event`, across processes: ``set()``
+raises the flag and wakes every waiter, ``clear()`` lowers it, ``wait()``
+sleeps (in the kernel) until the flag is up.
+
+One u32 word::
+
+    bit 0      SET       the flag
+    bit 1      WAITERS   someone sleeps, or is about to: set() must wake
+    bits 2..31 generation, bumped by every set() that raises the flag
+
+``set()`` makes a system call only when the WAITERS bit says someone may be
+asleep, so setting an event nobody waits for costs one atomic operation.
+The generation lets a waiter notice a ``set()`` that was undone by a
+``clear()`` before it got to run: like ``threading.Event.wait``, it then
+still returns True, instead of missing the pulse and sleeping on.
+
+``Event.create(mapping, offset, set=False)`` initialises; ``Event(mapping,
+offset)`` attaches (zero-filled memory is a cleared Event). It needs a
+writable mapping, waiters included (they publish the WAITERS bit):
+PermissionDenied otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+
+from ..errors import NotMapped, TimedOut, WouldBlock
+from ..futex.block import SharedBlock
+from ..linux.atomic import cas_u32, fetch_and_u32, load_u32, store_u32
+from ..linux.futex import WAKE_ALL, futex_wait, futex_wake
+from ..shm.shm import Mapping
+
+__all__ = ["Event"]
+
+_SET = 1
+_WAITERS = 2
+_GEN = 4  # one generation step
+_MASK = 0xFFFFFFFF
+
+
+class Event:
+    """A set/clear flag at ``offset`` of a shared ``mapping``."""
+
+    SIZE = 8  # bytes it occupies (the word + 4 reserved), a multiple of ALIGN
+    ALIGN = 4
+
+    __slots__ = ("_block", "_word", "__weakref__")
+
+    def __init__(self, mapping: Mapping, offset: int) -> None:
+        """Attach to an initialised Event."""
+        # Contract: InvalidAddress (not a Mapping / misaligned / outside),
+        # NotMapped, PermissionDenied (read-only). Pins the mapping.
+        self._block = SharedBlock(mapping, offset, self.SIZE, align=self.ALIGN, owner="an Event")
+        self._word: ctypes.c_void_p | None = ctypes.c_void_p(self._block.address)
+
+    @classmethod
+    def create(cls, mapping: Mapping, offset: int, set: bool = False) -> Event:  # noqa: A002
+        """Initialise the bytes (cleared, or set) and attach. Before sharing it."""
+        self = cls(mapping, offset)
+        store_u32(self._live(), _SET if set else 0)
+        store_u32(self._block.address + 4, 0)
+        return self
+
+    def _live(self) -> ctypes.c_void_p:
+        word = self._word
+        if word is None:
+            raise NotMapped("the Event was closed")
+        return word
+
+    def is_set(self) -> bool:
+        """Whether the flag is up."""
+        return bool(load_u32(self._live()) & _SET)
+
+    def set(self) -> None:
+        """Raise the flag; wake every waiter (no syscall if nobody waits)."""
+        # Contract: afterwards is_set() until someone clear()s; every wait()
+        # in progress returns True.
+        word = self._live()
+        old = load_u32(word)
+        while True:
+            if old & _SET:
+                return  # already up: waiters (if any) were woken by that set()
+            new = ((old & ~_WAITERS) + _GEN) & _MASK | _SET
+            ok, old = cas_u32(word, old, new)
+            if ok:
+                break
+        if old & _WAITERS:
+            futex_wake(word, WAKE_ALL)
+
+    def clear(self) -> None:
+        """Lower the flag."""
+        fetch_and_u32(self._live(), ~_SET)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until the flag is up; its state at the end (False: timed out).
+
+        ``timeout`` in seconds; None waits forever; 0 only looks.
+        """
+        # Contract: True as soon as the flag is seen up, or a set() happened
+        # while waiting (even if clear()ed since); False only after a
+        # finite timeout. A signal handler's exception propagates.
+        word = self._live()
+        value = load_u32(word)
+        if value & _SET:
+            return True
+        generation = value >> 2
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if value & _SET or value >> 2 != generation:
+                return True
+            if deadline is None:
+                wait_for: float | None = None
+            else:
+                wait_for = deadline - time.monotonic()
+                if wait_for <= 0:
+                    return False
+            if not value & _WAITERS:
+                ok, value = cas_u32(word, value, value | _WAITERS)
+                if not ok:
+                    continue
+                value |= _WAITERS
+            try:
+                futex_wait(word, value, wait_for)
+            except (WouldBlock, TimedOut):
+                pass
+            value = load_u32(word)
+
+    @property
+    def closed(self) -> bool:
+        return self._word is None
+
+    def close(self) -> None:
+        """Detach: unpin the mapping. Idempotent."""
+        self._word = None
+        self._block.close()
+
+    def __repr__(self) -> str:
+        if self._word is None:
+            return "<Event closed>"
+        return f"<Event at {self._block.address:#x} {'set' if self.is_set() else 'clear'}>"
