@@ -8,6 +8,7 @@ is the futex).
 
 from .core.object import FdHandle, Handle, HandleTable, HANDLE_TABLE, ObjectType, Rights
 from .errors import (
+    CapacityError,
     Empty,
     FutexError,
     InvalidAddress,
@@ -28,6 +29,7 @@ from .errors import (
 from .message import Message, MessageHeader, Sender
 from .mm import PAGE_SIZE
 from .shm import Mapping, SharedMemory, ShmId
+from .pipe import PIPE_BUF, Pipe, PipeReader, PipeWriter
 from .futex import Futex, FutexWord
 from .sched import WaitQueue
 from .sync import Condition, Event, Mutex, Semaphore
@@ -35,6 +37,11 @@ from .sync import Condition, Event, Mutex, Semaphore
 __version__ = "0.1.0"
 
 __all__ = [
+    "CapacityError",
+    "PIPE_BUF",
+    "Pipe",
+    "PipeReader",
+    "PipeWriter",
     "Condition",
     "Event",
     "Futex",

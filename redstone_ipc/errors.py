@@ -18,6 +18,7 @@ __all__ = [
     "PeerClosed",
     "MessageTooLarge",
     "ProtocolError",
+    "CapacityError",
     "ShmError",
     "OutOfMemory",
     "InvalidAddress",
@@ -65,6 +66,10 @@ class MessageTooLarge(IpcError, ValueError):
 
 class ProtocolError(IpcError):
     """A record on the wire is malformed; whatever arrived with it was closed."""
+
+
+class CapacityError(IpcError, ValueError):
+    """The kernel will not give a queue that capacity (beyond the system limit)."""
 
 
 # -- seed: ipc::shm::ShmError -------------------------------------------------

@@ -269,7 +269,7 @@ class Handle:
         obj = self._object
         if obj is None:
             raise InvalidHandle(f"handle {self._value:#x} is closed or was transferred")
-        if not self._rights & right == right:
+        if int.__and__(self._rights, right) != right:  # int ops: IntFlag's cost 0.5 us
             raise PermissionDenied(
                 f"handle {self._value:#x} lacks {_rights_repr(right & ~self._rights)}"
                 f" (holds {_rights_repr(self._rights)})"
