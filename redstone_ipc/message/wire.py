@@ -69,10 +69,21 @@ def send_message(
     ``max_record`` travels in a sealed memfd (one copy on the sending side,
     none on the receiving side).
     """
-    if not _I32[0] <= priority <= _I32[1]:
-        raise ValueError(f"priority must fit an i32, not {priority}")
     handles = msg.handles
     header = msg.header
+    if not handles and header.size <= max_record - HEAD_SIZE:
+        # The common case: bytes only, inline. One pack, one syscall.
+        try:
+            head = _HEAD.pack(
+                header.size, 0, header.msg_type, header.reserved,
+                MAGIC, VERSION, 0, priority, txid,
+            )
+        except struct.error:
+            raise ValueError(f"priority must fit an i32 and txid a u32 ({priority}, {txid})") from None
+        sock.sendmsg((head, msg.payload) if header.size else (head,), (), flags)
+        return
+    if not _I32[0] <= priority <= _I32[1]:
+        raise ValueError(f"priority must fit an i32, not {priority}")
     descriptors = []
     fds: list[int] = []
     for handle in handles:
