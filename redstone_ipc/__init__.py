@@ -30,6 +30,8 @@ from .message import Message, MessageHeader, Sender
 from .mm import PAGE_SIZE
 from .shm import Mapping, SharedMemory, ShmId
 from .pipe import PIPE_BUF, Pipe, PipeReader, PipeWriter
+from .port import Port, PortId, PortStatus
+from .channel import Channel, ChannelEndpoint, ChannelPair
 from .futex import Futex, FutexWord
 from .sched import WaitQueue
 from .sync import Condition, Event, Mutex, Semaphore
@@ -37,23 +39,20 @@ from .sync import Condition, Event, Mutex, Semaphore
 __version__ = "0.1.0"
 
 __all__ = [
-    "CapacityError",
-    "PIPE_BUF",
-    "Pipe",
-    "PipeReader",
-    "PipeWriter",
-    "Condition",
-    "Event",
-    "Futex",
-    "FutexWord",
-    "Mutex",
-    "Semaphore",
-    "WaitQueue",
     "HANDLE_TABLE",
     "PAGE_SIZE",
+    "PIPE_BUF",
+    "CapacityError",
+    "Channel",
+    "ChannelEndpoint",
+    "ChannelPair",
+    "Condition",
     "Empty",
+    "Event",
     "FdHandle",
+    "Futex",
     "FutexError",
+    "FutexWord",
     "Handle",
     "HandleTable",
     "InvalidAddress",
@@ -63,19 +62,28 @@ __all__ = [
     "Message",
     "MessageHeader",
     "MessageTooLarge",
+    "Mutex",
     "NotMapped",
     "ObjectType",
     "OutOfMemory",
     "PeerClosed",
     "PermissionDenied",
+    "Pipe",
+    "PipeReader",
+    "PipeWriter",
+    "Port",
     "PortClosed",
+    "PortId",
+    "PortStatus",
     "ProtocolError",
     "QueueFull",
     "Rights",
+    "Semaphore",
     "Sender",
     "SharedMemory",
     "ShmError",
     "ShmId",
     "TimedOut",
+    "WaitQueue",
     "WouldBlock",
 ]

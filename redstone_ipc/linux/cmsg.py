@@ -124,6 +124,6 @@ def peer_hung_up(sock: socket.socket) -> bool:
     Tells EOF apart from a zero-length record, which recvmsg reports alike.
     """
     poller = select.poll()
-    poller.register(sock, select.POLLIN)
+    poller.register(sock, select.POLLIN | select.POLLRDHUP)
     events = poller.poll(0)
     return bool(events and events[0][1] & (select.POLLHUP | select.POLLRDHUP))

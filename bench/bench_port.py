@@ -1,0 +1,260 @@
+"""32-byte round trips between two processes: Channel and a pair of Ports vs raw sockets.
+
+A client process sends 32 bytes, an echo server (a forked process) sends them
+back; one round trip = two messages. Variants:
+
+* raw:     a plain ``SOCK_SEQPACKET`` socketpair, ``send``/``recv`` (the goal's
+           baseline: no credentials, no handles, no capacity, no priorities);
+* channel: ``ChannelEndpoint.send`` + ``recv`` on both sides;
+* call:    ``ChannelEndpoint.call`` on the client (txid matching), the server
+           as for ``channel``;
+* ports:   the client sends on the server's port (a SEND right) and receives
+           on its own port, whose SEND right the server got in a message.
+
+What the library adds per message, on top of raw: the wire header and
+kernel credentials (SCM_CREDENTIALS), a credit taken and given back
+(eventfd), the window lock (two flock calls; ports only), a poll for
+higher-priority messages queued behind (receiver), and the Python code of
+``message.wire``.
+
+Where the two processes run changes everything, so each placement is
+measured on its own: both on one CPU (a hand-over is a context switch: the
+CPU cost shows most), on two CPUs (a hand-over is a cross-CPU wake-up,
+dominated on VMs by waking an idle vCPU), and unpinned. Runs alternate
+between variants so machine noise hits all of them; each variant's median
+over its runs is compared with raw's (goal: <= 1.25).
+
+    python3 bench/bench_port.py [--rounds N] [--runs R] [--placement P]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from redstone_ipc.channel import Channel  # noqa: E402
+from redstone_ipc.errors import IpcError  # noqa: E402
+from redstone_ipc.message import Message  # noqa: E402
+from redstone_ipc.port import SEND_RIGHTS, Port  # noqa: E402
+
+PAYLOAD = b"x" * 32
+VARIANTS = ("raw", "channel", "call", "ports", "ports-nolock")
+PLACEMENTS = {"same": (0, 0), "split": (0, 1), "free": (None, None)}
+
+
+def pin(index: int | None) -> None:
+    if index is not None:
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+
+
+def serve(body, cpu: int | None) -> int:
+    """Run ``body`` in a forked echo server; its pid."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 0
+        try:
+            pin(cpu)
+            body()
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    return pid
+
+
+# -- the variants: each returns seconds per round trip, one per run ------------
+
+
+def bench_raw(rounds: int, runs: int, cpus) -> list[float]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def server() -> None:
+        a.close()
+        recv, send = b.recv, b.send
+        while True:
+            data = recv(4096)
+            if not data:
+                return
+            send(data)
+
+    pid = serve(server, cpus[1])
+    b.close()
+    send, recv = a.send, a.recv
+    try:
+        return [_timed(rounds, lambda: (send(PAYLOAD), recv(4096))) for _ in range(runs)]
+    finally:
+        a.close()
+        os.waitpid(pid, 0)
+
+
+def _channel_server(mine, other) -> None:
+    other.close()
+    recv, send = mine.recv, mine.send
+    while True:
+        try:
+            msg = recv()
+        except IpcError:
+            return
+        send(msg)  # echoes the txid too, so this also serves call()
+
+
+def bench_channel(rounds: int, runs: int, cpus, use_call: bool) -> list[float]:
+    client, server_end = Channel.create_pair()
+    pid = serve(lambda: _channel_server(server_end, client), cpus[1])
+    server_end.close()
+    msg = Message(1, PAYLOAD)
+    try:
+        if use_call:
+            call = client.call
+            step = lambda: call(msg)  # noqa: E731
+        else:
+            send, recv = client.send, client.recv
+            step = lambda: (send(msg), recv())  # noqa: E731
+        return [_timed(rounds, step) for _ in range(runs)]
+    finally:
+        client.close()
+        os.waitpid(pid, 0)
+
+
+def bench_ports(rounds: int, runs: int, cpus, window: bool = True) -> list[float]:
+    server_port = Port()
+    to_server = server_port.duplicate(SEND_RIGHTS)
+    client_port = Port()
+    saved = (server_port._object, server_port._object._window)
+
+    def server() -> None:
+        client_port.release()  # the parent's receive right: drop it, keep the port open
+        hello = server_port.recv()
+        (reply_to,) = hello.handles
+        if not window:
+            reply_to._object._window = None  # (its lock fd leaks: this process ends soon)
+        recv, send = server_port.recv, reply_to.send
+        while True:
+            try:
+                msg = recv()
+            except IpcError:
+                return
+            if msg.msg_type == 0:
+                return
+            send(msg)
+
+    pid = serve(server, cpus[1])
+    hello = Message(0xFFFF)
+    hello.attach_handle(client_port.duplicate(SEND_RIGHTS))
+    to_server.send(hello)
+    if not window:
+        saved[0]._window = None
+    msg = Message(1, PAYLOAD)
+    send, recv = to_server.send, client_port.recv
+    try:
+        return [_timed(rounds, lambda: (send(msg), recv())) for _ in range(runs)]
+    finally:
+        to_server.send(Message(0))
+        os.waitpid(pid, 0)
+        saved[0]._window = saved[1]
+        for h in (server_port, to_server, client_port):
+            h.close()
+
+
+def bench_ports_without_window_lock(rounds: int, runs: int, cpus) -> list[float]:
+    """``ports`` with the senders' window lock switched off: what crash
+    repairs cost (credits.py). Not a supported configuration."""
+    return bench_ports(rounds, runs, cpus, window=False)
+
+
+def _timed(rounds: int, step) -> float:
+    for _ in range(min(rounds // 10, 1000)):  # warm up: caches, CPU frequency
+        step()
+    start = time.perf_counter()
+    for _ in range(rounds):
+        step()
+    return (time.perf_counter() - start) / rounds
+
+
+def measure(placement: str, rounds: int, runs: int) -> dict[str, float]:
+    cpus = PLACEMENTS[placement]
+    previous = os.sched_getaffinity(0)
+    pin(cpus[0])
+    samples: dict[str, list[float]] = {k: [] for k in VARIANTS}
+    try:
+        for _ in range(runs):  # interleaved: drift hits every variant alike
+            samples["raw"] += bench_raw(rounds, 1, cpus)
+            samples["channel"] += bench_channel(rounds, 1, cpus, use_call=False)
+            samples["call"] += bench_channel(rounds, 1, cpus, use_call=True)
+            samples["ports"] += bench_ports(rounds, 1, cpus)
+            samples["ports-nolock"] += bench_ports(rounds, 1, cpus, window=False)
+    finally:
+        os.sched_setaffinity(0, previous)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def cpu_costs(count: int) -> dict[str, float]:
+    """One process, no context switch: microseconds of CPU per message
+    (send + receive), by layer. Medians of 5."""
+    from redstone_ipc.linux.cmsg import seqpacket_pair
+    from redstone_ipc.message import recv_message, send_message
+
+    raw_a, raw_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    wire_a, wire_b = seqpacket_pair()
+    port = Port()
+    sender = port.duplicate(SEND_RIGHTS)
+    ch_a, ch_b = Channel.create_pair()
+    msg = Message(1, PAYLOAD)
+    steps = {
+        "raw socket": lambda: (raw_a.send(PAYLOAD), raw_b.recv(4096)),
+        "wire (send_message/recv_message)": lambda: (
+            send_message(wire_a, msg, max_record=65536),
+            recv_message(wire_b, max_record=65536),
+        ),
+        "channel send + try_recv": lambda: (ch_a.send(msg), ch_b.try_recv()),
+        "port send + try_recv": lambda: (sender.send(msg), port.try_recv()),
+        "port send + recv": lambda: (sender.send(msg), port.recv()),
+    }
+    out = {}
+    for name, step in steps.items():
+        out[name] = statistics.median(_timed(count, step) for _ in range(5)) * 1e6
+    window, obj = sender._object._window, sender._object
+    obj._window = None
+    out["port send + try_recv, no window lock"] = (
+        statistics.median(_timed(count, steps["port send + try_recv"]) for _ in range(5)) * 1e6
+    )
+    obj._window = window
+    for h in (raw_a, raw_b, wire_a, wire_b, port, sender, ch_a, ch_b):
+        h.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=10_000, help="round trips per run")
+    parser.add_argument("--runs", type=int, default=7, help="runs per variant (median kept)")
+    parser.add_argument("--placement", choices=[*PLACEMENTS, "all"], default="all")
+    args = parser.parse_args()
+    placements = list(PLACEMENTS) if args.placement == "all" else [args.placement]
+    if len(os.sched_getaffinity(0)) < 2:
+        placements = [p for p in placements if p != "split"]
+    print("CPU per message, one process (us):")
+    for name, us in cpu_costs(args.rounds).items():
+        print(f"  {name:<42}{us:7.2f}")
+    print(f"\n32 B round trips between two processes, {args.rounds} per run, "
+          f"median of {args.runs} runs (us), and ratio to raw:")
+    print(f"{'placement':<10}" + "".join(f"{v:>14}" for v in VARIANTS))
+    for placement in placements:
+        m = measure(placement, args.rounds, args.runs)
+        cells = [f"{m['raw'] * 1e6:>14.2f}"] + [
+            f"{m[v] * 1e6:>7.2f} x{m[v] / m['raw']:<5.2f}" for v in VARIANTS[1:]
+        ]
+        print(f"{placement:<10}" + "".join(cells))
+
+
+if __name__ == "__main__":
+    main()
