@@ -12,7 +12,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 BENCHES = [
-    ("Port and Channel round trips vs a raw socketpair", "bench_port.py", [], ["--quick"]),
+    ("The wire format's CPU cost vs bare syscalls", "bench_wire.py", [], ["--number", "5000"]),
+    ("Port and Channel round trips vs a raw socketpair", "bench_port.py", [],
+     ["--rounds", "2000", "--runs", "3", "--placement", "same"]),
     ("Futex ping-pong vs raw ctypes futex", "bench_futex.py", [], ["--rounds", "5000", "--runs", "3"]),
     ("Large-buffer hand-off vs multiprocessing.Queue", "bench_shm.py", [], ["--repeat", "3"]),
 ]
