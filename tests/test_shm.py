@@ -217,28 +217,29 @@ def test_memory_is_freed_after_every_holder_is_sigkilled(no_fd_leak):
         os.write(ready_w, bytes(got.payload)[:20].ljust(20))
         signal.pause()
 
-    shmem_before = _shmem_kib()
     pids = [fork_child(creator), fork_child(mapper)]
-    os.close(ready_w)
-    seen = b""
-    while len(seen) < 21:
-        chunk = os.read(ready_r, 64)
-        assert chunk, "a child died before holding the memory"
-        seen += chunk
-    inode = int(seen.replace(b"c", b"").strip())
-    assert len(_holders_of(inode)) >= 3, "both children hold it (fds and mappings)"
-    grown = _shmem_kib() - shmem_before
-    assert grown >= 0.9 * size / 1024, f"Shmem grew only {grown} KiB"
-
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    assert [wait_child(pid) for pid in pids] == [-signal.SIGKILL] * 2
-    os.close(ready_r)
-    a.close()
-    b.close()
+    try:
+        os.close(ready_w)
+        seen = b""
+        while len(seen) < 21:
+            chunk = os.read(ready_r, 64)
+            assert chunk, "a child died before holding the memory"
+            seen += chunk
+        inode = int(seen.replace(b"c", b"").strip())
+        assert len(_holders_of(inode)) >= 3, "both children hold it (fds and mappings)"
+        shmem_held = _shmem_kib()
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        statuses = [wait_child(pid) for pid in pids]
+        os.close(ready_r)
+        a.close()
+        b.close()
+    assert statuses == [-signal.SIGKILL] * 2
     assert _holders_of(inode) == [], "no fd and no mapping of the region remains anywhere"
-    freed = _shmem_kib() - shmem_before
-    assert freed < 0.25 * size / 1024, f"Shmem still {freed} KiB above where it started"
+    # The kernel's own accounting (system-wide, so allow for other activity).
+    dropped = shmem_held - _shmem_kib()
+    assert dropped >= 0.75 * size / 1024, f"Shmem fell by only {dropped} KiB"
 
 
 def test_fd_count_is_flat_over_many_regions():
