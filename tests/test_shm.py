@@ -252,3 +252,18 @@ def test_fd_count_is_flat_over_many_regions():
         shm.close()
         ro.close()
     assert open_fds() == before
+
+
+def test_frames_are_refused_clearly_where_the_kernel_hides_them(no_fd_leak):
+    """Without CAP_SYS_ADMIN, pagemap reads frame numbers as 0: we say so."""
+    with SharedMemory.create(PAGE_SIZE) as shm, shm.map() as m:
+
+        def child() -> None:
+            if os.getuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)  # drops every capability
+            with pytest.raises(PermissionDenied, match="CAP_SYS_ADMIN"):
+                m.frames()
+
+        run_in_child(child)

@@ -35,8 +35,14 @@ def frames_of(address: int, size: int) -> list[int | None]:
     """
     first = address // PAGE_SIZE
     count = (address + size + PAGE_SIZE - 1) // PAGE_SIZE - first
-    with open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
-        data = os.pread(pagemap.fileno(), 8 * count, 8 * first)
+    try:
+        with open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
+            data = os.pread(pagemap.fileno(), 8 * count, 8 * first)
+    except PermissionError:  # e.g. a process that changed uid is not dumpable
+        raise PermissionDenied(
+            "this process may not read /proc/self/pagemap (frame numbers need "
+            "CAP_SYS_ADMIN)"
+        ) from None
     entries = struct.unpack(f"<{count}Q", data)
     frames: list[int | None] = [
         (e & _PFN_MASK) if e & _PRESENT else None for e in entries
