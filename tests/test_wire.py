@@ -209,3 +209,55 @@ def test_a_read_only_shm_handle_stays_read_only_in_the_receiver(pair, no_fd_leak
     assert producer[:4] == b"v2.0"
     producer.unmap()
     shm.close()
+
+
+def test_a_received_read_only_handle_can_be_sent_on(pair, no_fd_leak):
+    """Forwarding: parent -> child -> parent, read-only all the way."""
+    a, b = pair
+    shm = SharedMemory.create(4096)
+    with shm.map() as m:
+        m[:3] = b"fwd"
+    msg = Message.new(1)
+    msg.attach_handle(shm.replace(Rights.READ | Rights.MAP | Rights.TRANSFER))
+    send_message(a, msg)
+
+    def child() -> None:
+        got = recv_message(b)
+        onward = Message.new(2)
+        onward.attach_handle(got.handles[0])
+        send_message(b, onward)  # back to the parent
+
+    run_in_child(child)
+    (ro,) = recv_message(a).handles
+    assert ro.rights == Rights.READ | Rights.MAP | Rights.TRANSFER
+    with ro.map(writable=False) as m:
+        assert m[:3] == b"fwd"
+    ro.close()
+
+
+def test_the_header_size_is_taken_when_the_message_is_sent(pair):
+    a, b = pair
+    data = bytearray(b"short")
+    msg = Message.with_data(1, data)
+    data.extend(b" and then longer")
+    send_message(a, msg)
+    got = recv_message(b)
+    assert bytes(got.payload) == b"short and then longer"
+    assert got.header.size == msg.header.size == len(data)
+
+
+def test_a_send_in_flight_keeps_the_fds_of_a_handle_closed_meanwhile(no_fd_leak):
+    """Closing an attached handle in another thread mid-send must not close
+    (and let the process reuse) an fd the kernel has not copied yet."""
+    from redstone_ipc import HANDLE_TABLE
+
+    r, w = os.pipe2(os.O_CLOEXEC)
+    h = FdHandle.adopt(w)
+    obj = h._object
+    HANDLE_TABLE.pin([obj])  # what send_message does around sendmsg
+    h.close()
+    os.fstat(w)  # still open: the send in flight owns it
+    HANDLE_TABLE.unpin([obj])
+    with pytest.raises(OSError):
+        os.fstat(w)  # closed once the send is over
+    os.close(r)

@@ -65,6 +65,13 @@ def sealed_memfd(size: int, seals: int) -> int:
     return fd
 
 
+def write_only(fd: int) -> int:
+    """The same memfd reopened write-only (the original is closed)."""
+    wo = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
+    os.close(fd)
+    return wo
+
+
 GROW_SHRINK = 2 | 4
 WRITE_SEALS = 8 | GROW_SHRINK
 
@@ -103,6 +110,8 @@ def cases():
          ProtocolError, "holds 4096 bytes"),
         ("payload memfd and inline bytes", head(size=3, flags=1) + b"abc",
          lambda: [sealed_memfd(3, WRITE_SEALS)], ProtocolError, "inline payload"),
+        ("payload memfd write-only", head(size=4096, flags=1),
+         lambda: [write_only(sealed_memfd(4096, WRITE_SEALS))], ProtocolError, "cannot be mapped"),
         ("payload memfd missing", head(size=3, flags=1), lambda: [], ProtocolError,
          "no payload memfd"),
         ("empty record", b"", lambda: [], ProtocolError, "empty record"),
@@ -203,4 +212,17 @@ def test_garbage_never_leaks_and_never_breaks_the_socket(prefix, garbage, nfds):
     send_message(a, Message.with_data(3, b"ok"))
     assert bytes(recv_message(b).payload) == b"ok"
     a.close()
+    b.close()
+
+
+def test_an_empty_record_is_not_mistaken_for_end_of_stream():
+    """A zero-length record with messages queued behind it and the peer gone."""
+    a, b = seqpacket_pair()
+    raw_send(a, b"", [])
+    send_message(a, Message.with_data(3, b"behind"))
+    a.close()
+    with pytest.raises(ProtocolError, match="empty record"):
+        recv_message(b)
+    assert bytes(recv_message(b).payload) == b"behind"
+    assert recv_message(b) is None, "then the real end of stream"
     b.close()

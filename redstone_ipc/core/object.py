@@ -96,7 +96,9 @@ class KernelObject:
             KernelObject._registry[cls.TYPE] = cls
 
     def __init__(self) -> None:
-        self._handle_count = 0  # guarded by HANDLE_TABLE's lock
+        # Guarded by HANDLE_TABLE's lock:
+        self._handle_count = 0
+        self._pins = 0  # sends in flight that carry this object's fds
         self._destroyed = False
 
     @staticmethod
@@ -191,7 +193,8 @@ class HandleTable:
         return handle
 
     def remove(self, handle: Handle) -> KernelObject | None:
-        """Invalidate ``handle``. Returns its object if that was its last handle."""
+        """Invalidate ``handle``. Returns its object if it must now be destroyed:
+        that was its last handle and no send is carrying its fds."""
         with self._lock:
             obj = handle._object
             if obj is None:
@@ -199,10 +202,33 @@ class HandleTable:
             handle._object = None
             self._handles.pop(handle._value, None)
             obj._handle_count -= 1
-            if obj._handle_count == 0 and not obj._destroyed:
+            if obj._handle_count == 0 and not obj._pins and not obj._destroyed:
                 obj._destroyed = True
                 return obj
             return None
+
+    def pin(self, objects: list[KernelObject]) -> None:
+        """Keep the objects' fds open while a send carries them.
+
+        Without this, another thread closing an attached handle mid-send
+        would close an fd the kernel has not copied yet, and a reused fd
+        number could carry some unrelated file to the receiver.
+        """
+        with self._lock:
+            for obj in objects:
+                obj._pins += 1
+
+    def unpin(self, objects: list[KernelObject]) -> None:
+        """End a send; destroys objects whose last handle went meanwhile."""
+        doomed = []
+        with self._lock:
+            for obj in objects:
+                obj._pins -= 1
+                if obj._pins == 0 and obj._handle_count == 0 and not obj._destroyed:
+                    obj._destroyed = True
+                    doomed.append(obj)
+        for obj in doomed:
+            obj._destroy()
 
 
 HANDLE_TABLE = HandleTable()

@@ -37,6 +37,8 @@ _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _SCM_CREDENTIALS = int(socket.SCM_CREDENTIALS)
+_MSG_PEEK = int(socket.MSG_PEEK)
+_MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 
 
 class Record:
@@ -119,10 +121,20 @@ def seqpacket_pair() -> tuple[socket.socket, socket.socket]:
 
 
 def peer_hung_up(sock: socket.socket) -> bool:
-    """True when nothing more can ever be read (the peer is gone).
+    """After a zero-length read: True if it was end of stream (the peer gone).
 
-    Tells EOF apart from a zero-length record, which recvmsg reports alike.
+    recvmsg reports an empty record and end of stream alike. It was a record
+    if the peer is still there, or if more records are queued behind it
+    (POLLHUP is raised as soon as the peer goes, queued records or not).
     """
+    try:
+        following = sock.recv(1, _MSG_PEEK | _MSG_DONTWAIT)
+    except BlockingIOError:
+        return False  # nothing queued and the peer still there
+    except OSError:
+        return True  # ECONNRESET and the like: the peer is gone
+    if following:
+        return False
     poller = select.poll()
     poller.register(sock, select.POLLIN | select.POLLRDHUP)
     events = poller.poll(0)

@@ -71,23 +71,47 @@ def send_message(
     """
     handles = msg.handles
     header = msg.header
-    if not handles and header.size <= max_record - HEAD_SIZE:
+    payload = msg.payload
+    # Measured now, not when the payload was attached: a bytearray may have
+    # changed size since, and the header must match what is really sent.
+    size = len(payload) if payload.__class__ is bytes else memoryview(payload).nbytes
+    header.size = size
+    if not handles and size <= max_record - HEAD_SIZE:
         # The common case: bytes only, inline. One pack, one syscall.
         try:
             head = _HEAD.pack(
-                header.size, 0, header.msg_type, header.reserved,
+                size, 0, header.msg_type, header.reserved,
                 MAGIC, VERSION, 0, priority, txid,
             )
         except struct.error:
             raise ValueError(f"priority must fit an i32 and txid a u32 ({priority}, {txid})") from None
-        sock.sendmsg((head, msg.payload) if header.size else (head,), (), flags)
+        sock.sendmsg((head, payload) if size else (head,), (), flags)
         return
     if not _I32[0] <= priority <= _I32[1]:
         raise ValueError(f"priority must fit an i32, not {priority}")
+    objects: list[KernelObject] = [h._require(Rights.TRANSFER) for h in handles]
+    HANDLE_TABLE.pin(objects)
+    try:
+        _send_with_handles(sock, msg, objects, priority, txid, flags, max_record)
+    finally:
+        HANDLE_TABLE.unpin(objects)
+
+
+def _send_with_handles(
+    sock: socket.socket,
+    msg: Message,
+    objects: list[KernelObject],
+    priority: int,
+    txid: int,
+    flags: int,
+    max_record: int,
+) -> None:
+    """The general case of send_message, with the objects pinned."""
+    handles = msg.handles
+    header = msg.header
     descriptors = []
     fds: list[int] = []
-    for handle in handles:
-        obj: KernelObject = handle._require(Rights.TRANSFER)
+    for handle, obj in zip(handles, objects):
         rights = handle.rights
         obj_fds = obj.transfer_fds(rights)
         descriptors.append(
@@ -100,8 +124,7 @@ def send_message(
         )
     wire_flags = 0
     payload_fd = -1
-    inline_size = HEAD_SIZE + DESCRIPTOR_SIZE * len(handles) + header.size
-    if inline_size > max_record:
+    if HEAD_SIZE + DESCRIPTOR_SIZE * len(handles) + header.size > max_record:
         payload_fd = _payload_memfd(msg.payload, header.size)
         fds.append(payload_fd)
         wire_flags |= FLAG_PAYLOAD_MEMFD
@@ -113,8 +136,8 @@ def send_message(
     if not wire_flags and header.size:
         buffers.append(msg.payload)
     try:
-        for handle in handles:
-            handle._live().prepare_transfer(handle.rights)
+        for handle, obj in zip(handles, objects):
+            obj.prepare_transfer(handle.rights)
         cmsg.send_record(sock, buffers, fds, flags)
     finally:
         if payload_fd >= 0:
@@ -269,5 +292,8 @@ def _map_payload(fd: int, size: int) -> object:
         raise ProtocolError(f"header size {size} but the payload memfd holds {actual} bytes")
     if size == 0:
         return b""
-    return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    try:
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    except OSError as e:  # e.g. a write-only fd
+        raise ProtocolError(f"the out-of-line payload memfd cannot be mapped: {e.strerror}") from None
 

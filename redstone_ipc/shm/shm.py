@@ -80,7 +80,10 @@ class _ShmObject(KernelObject):
         return self.size
 
     def prepare_transfer(self, rights: Rights) -> None:
-        if not rights & Rights.WRITE:
+        # Sealing is for good, even if the send then fails: the receiver must
+        # find the seal in place the moment it can hold the fd. A region that
+        # arrived read-only is sealed already (and its fd could not add one).
+        if not rights & Rights.WRITE and not memfd.get_seals(self.fd) & memfd.SEAL_FUTURE_WRITE:
             memfd.add_seals(self.fd, memfd.SEAL_FUTURE_WRITE)
 
     @classmethod
