@@ -30,10 +30,33 @@ def no_fd_leak() -> Iterator[None]:
     assert after == before, f"fds leaked: {sorted(after - before)}, lost: {sorted(before - after)}"
 
 
+_unreaped: set[int] = set()  # children of fork_child not yet reaped by wait_child
+
+
+@pytest.fixture(autouse=True)
+def no_child_left_behind() -> Iterator[None]:
+    """A test that fails half-way must not leave children blocked forever
+    (they would hold pytest's output pipe open). Only children of
+    :func:`fork_child` never waited for are killed, and only while they are
+    still ours to reap: their pids cannot have been reused."""
+    yield
+    while _unreaped:
+        pid = _unreaped.pop()
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                continue  # it had exited: now reaped
+        except ChildProcessError:
+            continue  # reaped by the test itself
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
 def fork_child(body: Callable[[], None]) -> int:
     """Run ``body`` in a forked child; exit 0 if it returns, 1 if it raises.
 
-    The child never returns into pytest: it leaves with os._exit.
+    The child never returns into pytest: it leaves with os._exit. Until
+    :func:`wait_child` reaps it, ``no_child_left_behind`` kills it when the
+    test ends.
     """
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -47,6 +70,7 @@ def fork_child(body: Callable[[], None]) -> int:
             traceback.print_exc()
         finally:
             os._exit(code)
+    _unreaped.add(pid)
     return pid
 
 
@@ -64,8 +88,10 @@ def wait_child(pid: int, timeout: float = 20.0) -> int:
     if not ready:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+        _unreaped.discard(pid)
         raise AssertionError(f"child {pid} did not finish in {timeout}s")
     _, status = os.waitpid(pid, 0)
+    _unreaped.discard(pid)
     return os.waitstatus_to_exitcode(status)
 
 

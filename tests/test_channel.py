@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import open_fds, run_in_child
+from conftest import fork_child, open_fds, run_in_child, wait_child
 from redstone_ipc import (
     Empty,
     IpcError,
@@ -31,14 +31,7 @@ from redstone_ipc import (
 )
 from redstone_ipc.channel import Channel, ChannelEndpoint, ChannelPair
 from redstone_ipc.port import SEND_RIGHTS, Port
-from test_port import (  # noqa: F401  (the fixture is used by being here)
-    check_payload,
-    fork_child,
-    no_child_left_behind,
-    payload_for,
-    wait_asleep,
-    wait_child,
-)
+from test_port import check_payload, payload_for, wait_asleep
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -27,8 +27,7 @@ import time
 
 import pytest
 
-import conftest
-from conftest import open_fds, run_in_child
+from conftest import fork_child, open_fds, run_in_child, wait_child
 from redstone_ipc import (
     Empty,
     FdHandle,
@@ -52,33 +51,6 @@ from redstone_ipc.port import sizing
 pytestmark = pytest.mark.timeout(60)
 
 # -- helpers ---------------------------------------------------------------------
-
-_unreaped: set[int] = set()
-
-
-def fork_child(body) -> int:
-    """conftest.fork_child, remembering the child until it is waited for."""
-    pid = conftest.fork_child(body)
-    _unreaped.add(pid)
-    return pid
-
-
-def wait_child(pid: int, timeout: float = 20.0) -> int:
-    _unreaped.discard(pid)
-    return conftest.wait_child(pid, timeout)
-
-
-@pytest.fixture(autouse=True)
-def no_child_left_behind():
-    """A test that fails half-way must not leave children blocked forever
-    (they would hold pytest's output pipe open). Only children never waited
-    for are killed: their pids cannot have been reused."""
-    yield
-    while _unreaped:
-        pid = _unreaped.pop()
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-
 
 _SLEEPING_SYSCALLS = {
     "x86_64": {7, 271, 232, 281, 202},  # poll, ppoll, epoll_wait, epoll_pwait, futex

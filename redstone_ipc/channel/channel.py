@@ -56,11 +56,12 @@ import socket
 from time import monotonic as _now
 from typing import NamedTuple
 
-from ..core.object import HANDLE_TABLE, Handle, ObjectType, Rights
+from ..core.object import HANDLE_TABLE, ObjectType, Rights
 from ..errors import PeerClosed, ProtocolError, TimedOut
 from ..linux import cmsg, eventfd
 from ..message.message import Message
 from ..port import sizing
+from ..port.handle import MailboxHandle
 from ..port.mailbox import Mailbox, adopt_seqpacket
 
 __all__ = ["Channel", "ChannelPair", "ChannelEndpoint", "ENDPOINT_RIGHTS", "DEFAULT_CAPACITY"]
@@ -70,10 +71,7 @@ ENDPOINT_RIGHTS = Rights.SEND | Rights.RECEIVE | Rights.TRANSFER | Rights.WAIT
 """Default (and most) rights of an endpoint handle: no DUPLICATE, ever."""
 
 _U32 = 0xFFFF_FFFF
-_SEND = int(Rights.SEND)
-_RECEIVE = int(Rights.RECEIVE)
 _CALL = Rights.SEND | Rights.RECEIVE
-_has = int.__and__
 _txids = itertools.count(1)
 
 
@@ -134,77 +132,27 @@ class _EndpointObject(Mailbox):
         return cls._make(sock, out_fd, in_fd, capacity, sizes)
 
 
-class ChannelEndpoint(Handle):
+class ChannelEndpoint(MailboxHandle):
     """One end of a channel: send to, and receive from, the other end.
 
     Every method checks the handle first (InvalidHandle if it was closed or
     moved away; PermissionDenied without SEND or RECEIVE as needed).
+
+    ``capacity``, ``max_record``, ``send``, ``send_async``, ``try_recv``,
+    ``recv`` and ``recv_async`` come from :class:`MailboxHandle`. On a
+    channel, ``capacity`` bounds each direction, ``msg.txid`` travels with
+    the message, and "the other side is gone" is PeerClosed: sending to a
+    closed peer raises it at once, receiving raises it once everything the
+    peer queued has been received.
     """
 
     __slots__ = ()
-
-    @property
-    def capacity(self) -> int:
-        """How many messages each direction queues at most."""
-        obj: _EndpointObject = self._live()
-        return obj.capacity
-
-    @property
-    def max_record(self) -> int:
-        """Records above this many bytes carry their payload in a memfd."""
-        obj: _EndpointObject = self._live()
-        return obj.max_record
 
     @property
     def peer_closed(self) -> bool:
         """Whether the other endpoint is gone (queued messages may still be read)."""
         obj: _EndpointObject = self._live()
         return obj._peer_gone()
-
-    # -- sending ----------------------------------------------------------------
-
-    def send(self, msg: Message, *, priority: int = 0, timeout: float | None = 0) -> None:
-        """Queue ``msg`` for the other endpoint (``msg.txid`` travels with it).
-
-        ``timeout`` as for ``Port.send``: 0 raises QueueFull at once when the
-        direction holds ``capacity`` messages, None waits for room, a number
-        waits that long. PeerClosed if the other endpoint is gone.
-        """
-        obj = self._object
-        if obj is None or not _has(self._rights, _SEND):
-            obj = self._require(Rights.SEND)
-        state = obj._try_send(msg, priority)
-        if state:
-            obj._send_slow(msg, priority, timeout, state)
-
-    async def send_async(
-        self, msg: Message, *, priority: int = 0, timeout: float | None = None
-    ) -> None:
-        """``send`` for asyncio: waits for room in the event loop (default: no limit)."""
-        obj: _EndpointObject = self._require(Rights.SEND)
-        await obj.send_async(msg, priority, timeout)
-
-    # -- receiving ----------------------------------------------------------------
-
-    def try_recv(self) -> Message:
-        """The next message, or Empty at once; PeerClosed once the peer is gone
-        and everything it sent has been received."""
-        obj = self._object
-        if obj is None or not _has(self._rights, _RECEIVE):
-            obj = self._require(Rights.RECEIVE)
-        return obj.try_recv()
-
-    def recv(self, timeout: float | None = None) -> Message:
-        """The next message, sleeping in the kernel; Empty after ``timeout``."""
-        obj = self._object
-        if obj is None or not _has(self._rights, _RECEIVE):
-            obj = self._require(Rights.RECEIVE)
-        return obj.recv(timeout)
-
-    async def recv_async(self, timeout: float | None = None) -> Message:
-        """``recv`` for asyncio: the event loop watches the socket, no thread."""
-        obj: _EndpointObject = self._require(Rights.RECEIVE)
-        return await obj.recv_async(timeout)
 
     # -- transactions ---------------------------------------------------------------
 
@@ -270,9 +218,7 @@ class Channel:
     @staticmethod
     def create_pair(capacity: int = DEFAULT_CAPACITY) -> ChannelPair:
         """Two connected endpoints; each direction queues at most ``capacity`` messages."""
-        if not isinstance(capacity, int) or isinstance(capacity, bool) or not 1 <= capacity <= _U32:
-            raise ValueError(f"capacity must be an int from 1 to {_U32}, not {capacity!r}")
-        sizes = sizing.plan(capacity)
+        sizes = sizing.plan(capacity)  # ValueError for a bad capacity
         a, b = cmsg.seqpacket_pair()
         fds: list[int] = []
         try:

@@ -17,14 +17,22 @@ It then *pins* the mapping by keeping a memoryview slice of the block:
 ``Mapping.unmap()`` refuses (ShmError) while the slice lives, so the raw
 addresses handed to the kernel and to libatomic can never point at memory
 that has been unmapped. :meth:`SharedBlock.close` lets go of it.
+
+:class:`SharedPrimitive` is the base of those primitives: it attaches the
+block, keeps the address of its first word (the one every operation starts
+from) and gives them the same ``closed``, ``close()`` and ``repr``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import time
+from typing import ClassVar
+
 from ..errors import InvalidAddress, NotMapped, PermissionDenied
 from ..shm.shm import Mapping
 
-__all__ = ["SharedBlock", "check_mapping"]
+__all__ = ["SharedBlock", "SharedPrimitive", "check_mapping", "time_left"]
 
 
 def check_mapping(mapping: object) -> Mapping:
@@ -88,3 +96,62 @@ class SharedBlock:
         view, self._view = self._view, None
         if view is not None:
             view.release()
+
+
+class SharedPrimitive:
+    """A primitive that lives in a :class:`SharedBlock`: attach, use, close.
+
+    A subclass sets ``SIZE`` (bytes, a multiple of ``ALIGN``), ``ALIGN`` and
+    ``_OWNER`` (how error messages name it: ``"an Event"``), and adds its
+    operations. ``_word`` is the address of the block's first word, the one
+    the primitive's futex lives on; None once closed. Operations start with
+    ``self._live()``, which raises NotMapped after ``close()``.
+    """
+
+    SIZE: ClassVar[int]
+    ALIGN: ClassVar[int]
+    _OWNER: ClassVar[str]
+    _WRITABLE: ClassVar[bool] = True  # False: a read-only mapping may attach
+
+    __slots__ = ("_block", "_word", "__weakref__")
+
+    def __init__(self, mapping: Mapping, offset: int) -> None:
+        # Contract: InvalidAddress (not a Mapping / misaligned / outside),
+        # NotMapped, PermissionDenied (read-only, unless _WRITABLE is False).
+        # Pins the mapping until close().
+        self._block = SharedBlock(
+            mapping, offset, self.SIZE, align=self.ALIGN, writable=self._WRITABLE, owner=self._OWNER
+        )
+        self._word: ctypes.c_void_p | None = ctypes.c_void_p(self._block.address)
+
+    def _live(self) -> ctypes.c_void_p:
+        """The first word's address; NotMapped once closed."""
+        word = self._word
+        if word is None:
+            raise NotMapped(f"the {type(self).__name__} was closed")
+        return word
+
+    @property
+    def closed(self) -> bool:
+        return self._word is None
+
+    def close(self) -> None:
+        """Detach: unpin the mapping. Idempotent."""
+        self._word = None
+        self._block.close()
+
+    def __repr__(self) -> str:
+        if self._word is None:
+            return f"<{type(self).__name__} closed>"
+        return f"<{type(self).__name__} at {self._block.address:#x}{self._state()}>"
+
+    def _state(self) -> str:
+        """What ``repr`` shows after the address (open only): ``" value=3"``."""
+        return ""
+
+
+def time_left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (a ``time.monotonic()`` value), 0 or less
+    once it has passed; None for no deadline. The waits' timeout for the
+    next sleep: a caller gives up when it is not None and ``<= 0``."""
+    return None if deadline is None else deadline - time.monotonic()

@@ -92,7 +92,7 @@ import stat
 import threading
 import time
 import weakref
-from typing import Any, Callable, ClassVar, Union
+from typing import Any, Callable, ClassVar, TypeVar, Union
 
 from ..core.object import HANDLE_TABLE, Handle, KernelObject, ObjectType, Rights
 from ..errors import (
@@ -124,6 +124,8 @@ _POLL_MS_MAX = 2**31 - 1  # poll(2) takes a C int of milliseconds
 
 Buffer = Union[bytes, bytearray, memoryview]
 SpliceTarget = Union[int, Handle, Any]  # an fd, a handle, or an object with fileno()
+_A = TypeVar("_A")
+_R = TypeVar("_R")
 
 
 # -- deadlines ----------------------------------------------------------------------
@@ -482,19 +484,7 @@ class _PipeEnd(Handle):
         obj = self._check(_READ)
         if n < 0:
             raise ValueError(f"cannot read {n} bytes")
-        n = min(n, _READ_CAP)
-        deadline = _deadline(timeout)
-        fd = obj._enter()
-        try:
-            while True:
-                try:
-                    return os.read(fd, n)
-                except BlockingIOError:
-                    pass
-                if not obj._wait([(fd, select.POLLIN)], deadline):
-                    raise TimedOut(f"no bytes arrived within {timeout}s")
-        finally:
-            obj._leave()
+        return _read_waiting(obj, os.read, min(n, _READ_CAP), timeout)
 
     def readinto(self, buffer: Buffer, timeout: float | None = None) -> int:
         """Read into ``buffer`` (no intermediate copy); the count, 0 at end of stream.
@@ -502,19 +492,7 @@ class _PipeEnd(Handle):
         Needs READ. Same waiting rules as :meth:`read`.
         """
         obj = self._check(_READ)
-        buffers = [buffer]
-        deadline = _deadline(timeout)
-        fd = obj._enter()
-        try:
-            while True:
-                try:
-                    return os.readv(fd, buffers)
-                except BlockingIOError:
-                    pass
-                if not obj._wait([(fd, select.POLLIN)], deadline):
-                    raise TimedOut(f"no bytes arrived within {timeout}s")
-        finally:
-            obj._leave()
+        return _read_waiting(obj, os.readv, [buffer], timeout)
 
     async def read_async(self, n: int) -> bytes:
         """:meth:`read` for asyncio: awaits readability in the running loop."""
@@ -748,6 +726,28 @@ class _PipeEnd(Handle):
             return fcntl.fcntl(fd, F_GETPIPE_SZ)
         finally:
             obj._leave()
+
+
+def _read_waiting(
+    obj: _PipeEndObject, read: Callable[[int, _A], _R], arg: _A, timeout: float | None
+) -> _R:
+    """``read(fd, arg)`` once the pipe has a byte (or its end of stream) for it.
+
+    TimedOut if nothing arrived within ``timeout``. The fd stays open for the
+    call even if the handle is closed meanwhile (``_enter``/``_leave``).
+    """
+    deadline = _deadline(timeout)
+    fd = obj._enter()
+    try:
+        while True:
+            try:
+                return read(fd, arg)
+            except BlockingIOError:
+                pass
+            if not obj._wait([(fd, select.POLLIN)], deadline):
+                raise TimedOut(f"no bytes arrived within {timeout}s")
+    finally:
+        obj._leave()
 
 
 def _peer_closed(written: int) -> PeerClosed:

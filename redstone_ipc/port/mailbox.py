@@ -726,13 +726,21 @@ class Mailbox(KernelObject):
             if self._rx is None or self._rx_gone or self._dead:
                 return
             self._rx_gone = True
-            self._closed = True
-            dropped = self._discard_locked(drain=False)
-            self._wake_all_locked()
-            if not self._ops:
-                self._idle_locked()
+            dropped = self._close_here_locked()
         for msg in dropped:
             msg.close()
+
+    def _close_here_locked(self) -> list[Message]:
+        """Closed for this process: take out the buffered messages (returned, for
+        the caller to close once unlocked; those still in the socket stay for
+        receivers elsewhere, or go with it), wake every waiter, and close what
+        is due now if no thread is in a blocking call."""
+        self._closed = True
+        dropped = self._discard_locked(drain=False)
+        self._wake_all_locked()
+        if not self._ops:
+            self._idle_locked()
+        return dropped
 
     def _idle_locked(self) -> None:
         """No thread uses the fds any more: close what is due."""
@@ -745,11 +753,7 @@ class Mailbox(KernelObject):
     def _destroy(self) -> None:
         with self._smutex, self._mutex:  # no send in progress from here on
             self._dead = True
-            self._closed = True
-            dropped = self._discard_locked(drain=False)  # the kernel drops the socket's
-            self._wake_all_locked()
-            if not self._ops:
-                self._idle_locked()
+            dropped = self._close_here_locked()
         for msg in dropped:
             msg.close()
 

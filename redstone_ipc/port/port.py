@@ -66,10 +66,10 @@ from typing import Any, NewType
 from ..core.object import HANDLE_TABLE, Handle, ObjectType, Rights
 from ..errors import InvalidHandle, PortClosed, ProtocolError
 from ..linux import cmsg, eventfd
-from ..message.message import Message
 from . import rights as port_rights
 from . import sizing
 from .credits import WindowLock
+from .handle import MailboxHandle
 from .mailbox import Mailbox, adopt_seqpacket
 
 __all__ = ["Port", "PortId", "PortStatus", "DEFAULT_CAPACITY"]
@@ -79,7 +79,6 @@ PortId = NewType("PortId", int)
 
 DEFAULT_CAPACITY = 16
 _U32 = 0xFFFF_FFFF
-_SEND = int(Rights.SEND)
 _RECEIVE = int(Rights.RECEIVE)
 _has = int.__and__  # rights checks on the hot path without IntFlag's Python-level operators
 
@@ -100,9 +99,7 @@ class _PortObject(Mailbox):
 
     @classmethod
     def create(cls, capacity: int) -> _PortObject:
-        if not isinstance(capacity, int) or isinstance(capacity, bool) or not 1 <= capacity <= _U32:
-            raise ValueError(f"capacity must be an int from 1 to {_U32}, not {capacity!r}")
-        sizes = sizing.plan(capacity)
+        sizes = sizing.plan(capacity)  # ValueError for a bad capacity
         rx, tx = cmsg.seqpacket_pair()
         fds: list[int] = []
         try:
@@ -195,13 +192,20 @@ class _PortFactory(type):
         return HANDLE_TABLE.insert(_PortObject.create(capacity), port_rights.DEFAULT_RIGHTS, cls)
 
 
-class Port(Handle, metaclass=_PortFactory):
+class Port(MailboxHandle, metaclass=_PortFactory):
     """A handle to a port. ``Port(capacity=16)`` makes a port: its RECEIVE handle.
 
     Default rights: SEND | RECEIVE | DUPLICATE | TRANSFER | WAIT. Mint send
     rights with ``port.duplicate(SEND_RIGHTS)`` (or any subset of the rights
     held). Every method checks the handle first (InvalidHandle if it was
     closed or moved away, PermissionDenied without the right it needs).
+
+    ``capacity``, ``max_record``, ``send``, ``send_async``, ``try_recv``,
+    ``recv`` and ``recv_async`` come from :class:`MailboxHandle`. On a port,
+    ``capacity`` counts the messages of every sender together, and "the
+    other side is gone" is PortClosed: the receiver closed the port or died.
+    Sending raises it at once; receiving raises it once the port is closed
+    (its queued messages are dropped).
     """
 
     __slots__ = ()
@@ -222,68 +226,7 @@ class Port(Handle, metaclass=_PortFactory):
             return PortStatus.CLOSED
         return PortStatus.OPEN
 
-    @property
-    def capacity(self) -> int:
-        """How many messages the port queues at most (every sender together)."""
-        obj: _PortObject = self._live()
-        return obj.capacity
-
-    @property
-    def max_record(self) -> int:
-        """Records above this many bytes carry their payload in a memfd."""
-        obj: _PortObject = self._live()
-        return obj.max_record
-
-    # -- sending (needs SEND) ------------------------------------------------
-
-    def send(self, msg: Message, *, priority: int = 0, timeout: float | None = 0) -> None:
-        """Queue ``msg`` with ``priority`` (an i32; higher is received first).
-
-        ``timeout=0`` (the seed's send): QueueFull at once if the port holds
-        ``capacity`` messages. ``None``: sleep until there is room. A number:
-        sleep at most that long, then QueueFull. PortClosed if the receiver
-        closed the port or died. On success the message's handles have moved
-        to the receiver; on any error they are all still valid here.
-        """
-        obj = self._object
-        if obj is None or not _has(self._rights, _SEND):
-            obj = self._require(Rights.SEND)
-        state = obj._try_send(msg, priority)
-        if state:
-            obj._send_slow(msg, priority, timeout, state)
-
-    async def send_async(
-        self, msg: Message, *, priority: int = 0, timeout: float | None = None
-    ) -> None:
-        """``send`` for asyncio; waits for room in the event loop (default: no limit)."""
-        obj: _PortObject = self._require(Rights.SEND)
-        await obj.send_async(msg, priority, timeout)
-
-    # -- receiving (needs RECEIVE) ---------------------------------------------
-
-    def try_recv(self) -> Message:
-        """The next message (highest priority, then oldest), or Empty at once."""
-        obj = self._object
-        if obj is None or not _has(self._rights, _RECEIVE):
-            obj = self._require(Rights.RECEIVE)
-        return obj.try_recv()
-
-    def recv(self, timeout: float | None = None) -> Message:
-        """The next message, sleeping in the kernel until one comes.
-
-        Empty after ``timeout`` seconds (None: no limit); PortClosed once the
-        port is closed. ``msg.sender`` names the sending process, as the
-        kernel saw it.
-        """
-        obj = self._object
-        if obj is None or not _has(self._rights, _RECEIVE):
-            obj = self._require(Rights.RECEIVE)
-        return obj.recv(timeout)
-
-    async def recv_async(self, timeout: float | None = None) -> Message:
-        """``recv`` for asyncio: the event loop watches the socket, no thread."""
-        obj: _PortObject = self._require(Rights.RECEIVE)
-        return await obj.recv_async(timeout)
+    # -- crash repair (needs RECEIVE) ------------------------------------------
 
     def repair(self) -> int | None:
         """Give back the room taken by senders killed mid-send; how many credits.

@@ -57,6 +57,7 @@ RECV_FLOOR = 4096
 """Smallest receive buffer: a header plus 252 descriptors (4,064 B) fits."""
 assert RECV_FLOOR >= wire.HEAD_SIZE + wire.DESCRIPTOR_SIZE * (cmsg.MAX_FDS - 1)
 
+_U32 = 0xFFFF_FFFF  # capacities travel in 32 bits (``transfer_extra``)
 _SIOCOUTQ = termios.TIOCOUTQ  # on a unix socket: bytes charged to its send buffer
 _INT = struct.Struct("i")
 
@@ -90,9 +91,19 @@ def sndbuf_limit() -> int:
         return s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
 
 
-@functools.lru_cache(maxsize=None)
 def plan(capacity: int) -> Plan:
-    """The sizes that make ``capacity`` records always fit (ValueError if none do)."""
+    """The sizes that make ``capacity`` records always fit.
+
+    ValueError unless ``capacity`` is an int from 1 to 2**32-1 (the wire
+    carries it in 32 bits), or if no record size fits.
+    """
+    if not isinstance(capacity, int) or isinstance(capacity, bool) or not 1 <= capacity <= _U32:
+        raise ValueError(f"capacity must be an int from 1 to {_U32}, not {capacity!r}")
+    return _fitting_plan(capacity)
+
+
+@functools.lru_cache(maxsize=None)
+def _fitting_plan(capacity: int) -> Plan:
     limit = sndbuf_limit()
     for max_record in CANDIDATES:
         need = capacity * truesize(max_record)

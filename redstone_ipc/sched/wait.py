@@ -32,8 +32,8 @@ import ctypes
 import time
 from typing import Callable, TypeVar
 
-from ..errors import NotMapped, PermissionDenied, TimedOut, WouldBlock
-from ..futex.block import SharedBlock
+from ..errors import PermissionDenied, TimedOut, WouldBlock
+from ..futex.block import SharedPrimitive, time_left
 from ..linux.atomic import fetch_add_u32, load_u32, store_u32
 from ..linux.futex import WAKE_ALL, futex_wait, futex_wake
 from ..shm.shm import Mapping
@@ -43,37 +43,30 @@ __all__ = ["WaitQueue"]
 T = TypeVar("T")
 
 
-class WaitQueue:
-    """A cross-process wait queue at ``offset`` of a shared ``mapping``."""
+class WaitQueue(SharedPrimitive):
+    """A cross-process wait queue at ``offset`` of a shared ``mapping``.
+
+    ``WaitQueue(mapping, offset)`` attaches; read-only mappings may wait (not
+    wake). Contract: InvalidAddress (not a Mapping / misaligned / outside),
+    NotMapped. Pins the mapping until ``close()``. Its first word
+    (``_word``) is the sequence counter.
+    """
 
     SIZE = 8  # bytes it occupies (the counter + 4 reserved), a multiple of ALIGN
     ALIGN = 4
+    _OWNER = "a WaitQueue"
+    _WRITABLE = False  # waiting never writes
 
-    __slots__ = ("_block", "_seq", "__weakref__")
-
-    def __init__(self, mapping: Mapping, offset: int) -> None:
-        """Attach. Read-only mappings may wait (not wake)."""
-        # Contract: InvalidAddress (not a Mapping / misaligned / outside),
-        # NotMapped. Pins the mapping until close().
-        self._block = SharedBlock(
-            mapping, offset, self.SIZE, align=self.ALIGN, writable=False, owner="a WaitQueue"
-        )
-        self._seq: ctypes.c_void_p | None = ctypes.c_void_p(self._block.address)
+    __slots__ = ()
 
     @classmethod
     def create(cls, mapping: Mapping, offset: int) -> WaitQueue:
         """Initialise the bytes and attach. Before sharing it."""
         self = cls(mapping, offset)
-        self._writable_seq()
+        seq = self._writable_seq()
         store_u32(self._block.address + 4, 0)
-        store_u32(self._seq, 0)  # type: ignore[arg-type]
+        store_u32(seq, 0)
         return self
-
-    def _live(self) -> ctypes.c_void_p:
-        seq = self._seq
-        if seq is None:
-            raise NotMapped("the WaitQueue was closed")
-        return seq
 
     def _writable_seq(self) -> ctypes.c_void_p:
         seq = self._live()
@@ -103,12 +96,9 @@ class WaitQueue:
             result = predicate()
             if result:
                 return result
-            if deadline is None:
-                wait_for: float | None = None
-            else:
-                wait_for = deadline - time.monotonic()
-                if wait_for <= 0:
-                    raise TimedOut("the WaitQueue condition did not become true in time")
+            wait_for = time_left(deadline)
+            if wait_for is not None and wait_for <= 0:
+                raise TimedOut("the WaitQueue condition did not become true in time")
             try:
                 futex_wait(seq, observed, wait_for)
             except (WouldBlock, TimedOut):
@@ -130,16 +120,5 @@ class WaitQueue:
         """Wake every sleeper; how many woke."""
         return self.wake(WAKE_ALL)
 
-    @property
-    def closed(self) -> bool:
-        return self._seq is None
-
-    def close(self) -> None:
-        """Detach: unpin the mapping. Idempotent."""
-        self._seq = None
-        self._block.close()
-
-    def __repr__(self) -> str:
-        if self._seq is None:
-            return "<WaitQueue closed>"
-        return f"<WaitQueue at {self._block.address:#x} seq={self.sequence}>"
+    def _state(self) -> str:
+        return f" seq={self.sequence}"

@@ -27,8 +27,8 @@ import ctypes
 import time
 from typing import Callable, TypeVar
 
-from ..errors import NotMapped, TimedOut, WouldBlock
-from ..futex.block import SharedBlock
+from ..errors import TimedOut, WouldBlock
+from ..futex.block import SharedPrimitive, time_left
 from ..linux.atomic import fetch_add_u32, load_u32, store_u32
 from ..linux.futex import WAKE_ALL, futex_wait, futex_wake
 from ..shm.shm import Mapping
@@ -39,22 +39,25 @@ __all__ = ["Condition"]
 T = TypeVar("T")
 
 
-class Condition:
-    """A condition variable at ``offset`` of ``mapping``, used with ``mutex``."""
+class Condition(SharedPrimitive):
+    """A condition variable at ``offset`` of ``mapping``, used with ``mutex``.
+
+    Its first word (``_word``) is ``seq``, the second ``waiters``.
+    ``close()`` detaches the Condition only: the mutex stays open.
+    """
 
     SIZE = 8
     ALIGN = 4
+    _OWNER = "a Condition"
 
-    __slots__ = ("_block", "_seq", "_waiters", "mutex", "__weakref__")
+    __slots__ = ("_waiters", "mutex")
 
     def __init__(self, mapping: Mapping, offset: int, mutex: Mutex) -> None:
         """Attach. PermissionDenied on a read-only mapping."""
         if not isinstance(mutex, Mutex):
             raise TypeError(f"a Condition needs a redstone_ipc Mutex, not {type(mutex).__name__}")
-        self._block = SharedBlock(mapping, offset, self.SIZE, align=self.ALIGN, owner="a Condition")
-        address = self._block.address
-        self._seq: ctypes.c_void_p | None = ctypes.c_void_p(address)
-        self._waiters = ctypes.c_void_p(address + 4)
+        super().__init__(mapping, offset)
+        self._waiters = ctypes.c_void_p(self._block.address + 4)
         self.mutex = mutex
 
     @classmethod
@@ -62,13 +65,11 @@ class Condition:
         """Initialise the bytes and attach. Before sharing it."""
         self = cls(mapping, offset, mutex)
         store_u32(self._waiters, 0)
-        store_u32(self._seq, 0)  # type: ignore[arg-type]
+        store_u32(self._live(), 0)
         return self
 
     def _held(self) -> ctypes.c_void_p:
-        seq = self._seq
-        if seq is None:
-            raise NotMapped("the Condition was closed")
+        seq = self._live()
         if not self.mutex.owned():
             raise RuntimeError("the Condition's mutex must be held by this thread")
         return seq
@@ -107,13 +108,10 @@ class Condition:
         deadline = None if timeout is None else time.monotonic() + timeout
         result = predicate()
         while not result:
-            if deadline is None:
-                self.wait()
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self.wait(remaining)
+            remaining = time_left(deadline)
+            if remaining is not None and remaining <= 0:
+                break
+            self.wait(remaining)
             result = predicate()
         return result
 
@@ -128,12 +126,3 @@ class Condition:
     def notify_all(self) -> int:
         """Wake every waiter (mutex held); how many woke."""
         return self.notify(WAKE_ALL)
-
-    @property
-    def closed(self) -> bool:
-        return self._seq is None
-
-    def close(self) -> None:
-        """Detach (the mutex is not closed). Idempotent."""
-        self._seq = None
-        self._block.close()

@@ -24,11 +24,10 @@ PermissionDenied otherwise.
 
 from __future__ import annotations
 
-import ctypes
 import time
 
-from ..errors import NotMapped, TimedOut, WouldBlock
-from ..futex.block import SharedBlock
+from ..errors import TimedOut, WouldBlock
+from ..futex.block import SharedPrimitive, time_left
 from ..linux.atomic import cas_u32, fetch_and_u32, load_u32, store_u32
 from ..linux.futex import WAKE_ALL, futex_wait, futex_wake
 from ..shm.shm import Mapping
@@ -41,20 +40,19 @@ _GEN = 4  # one generation step
 _MASK = 0xFFFFFFFF
 
 
-class Event:
-    """A set/clear flag at ``offset`` of a shared ``mapping``."""
+class Event(SharedPrimitive):
+    """A set/clear flag at ``offset`` of a shared ``mapping``.
+
+    ``Event(mapping, offset)`` attaches to an initialised Event (contract:
+    InvalidAddress if not a Mapping / misaligned / outside, NotMapped,
+    PermissionDenied if read-only; pins the mapping until ``close()``).
+    """
 
     SIZE = 8  # bytes it occupies (the word + 4 reserved), a multiple of ALIGN
     ALIGN = 4
+    _OWNER = "an Event"
 
-    __slots__ = ("_block", "_word", "__weakref__")
-
-    def __init__(self, mapping: Mapping, offset: int) -> None:
-        """Attach to an initialised Event."""
-        # Contract: InvalidAddress (not a Mapping / misaligned / outside),
-        # NotMapped, PermissionDenied (read-only). Pins the mapping.
-        self._block = SharedBlock(mapping, offset, self.SIZE, align=self.ALIGN, owner="an Event")
-        self._word: ctypes.c_void_p | None = ctypes.c_void_p(self._block.address)
+    __slots__ = ()
 
     @classmethod
     def create(cls, mapping: Mapping, offset: int, set: bool = False) -> Event:  # noqa: A002
@@ -63,12 +61,6 @@ class Event:
         store_u32(self._live(), _SET if set else 0)
         store_u32(self._block.address + 4, 0)
         return self
-
-    def _live(self) -> ctypes.c_void_p:
-        word = self._word
-        if word is None:
-            raise NotMapped("the Event was closed")
-        return word
 
     def is_set(self) -> bool:
         """Whether the flag is up."""
@@ -111,12 +103,9 @@ class Event:
         while True:
             if value & _SET or value >> 2 != generation:
                 return True
-            if deadline is None:
-                wait_for: float | None = None
-            else:
-                wait_for = deadline - time.monotonic()
-                if wait_for <= 0:
-                    return False
+            wait_for = time_left(deadline)
+            if wait_for is not None and wait_for <= 0:
+                return False
             if not value & _WAITERS:
                 ok, value = cas_u32(word, value, value | _WAITERS)
                 if not ok:
@@ -128,16 +117,5 @@ class Event:
                 pass
             value = load_u32(word)
 
-    @property
-    def closed(self) -> bool:
-        return self._word is None
-
-    def close(self) -> None:
-        """Detach: unpin the mapping. Idempotent."""
-        self._word = None
-        self._block.close()
-
-    def __repr__(self) -> str:
-        if self._word is None:
-            return "<Event closed>"
-        return f"<Event at {self._block.address:#x} {'set' if self.is_set() else 'clear'}>"
+    def _state(self) -> str:
+        return " set" if self.is_set() else " clear"

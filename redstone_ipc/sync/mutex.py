@@ -44,7 +44,7 @@ import time
 from types import TracebackType
 
 from ..errors import NotMapped, TimedOut, WouldBlock
-from ..futex.block import SharedBlock
+from ..futex.block import SharedPrimitive, time_left
 from ..linux.atomic import cas_u32, exchange_u32, load_u32, store_u32
 from ..linux.futex import futex_wait, futex_wake
 from ..linux.robust import (
@@ -63,11 +63,10 @@ from ..shm.shm import Mapping
 
 __all__ = ["Mutex"]
 
-_c_void_p = ctypes.c_void_p
 _monotonic = time.monotonic
 
 
-class Mutex:
+class Mutex(SharedPrimitive):
     """A robust mutual-exclusion lock at ``offset`` of a shared ``mapping``.
 
     >>> m = shm.map()
@@ -80,17 +79,17 @@ class Mutex:
 
     SIZE = ENTRY_ROOM  # bytes it occupies (64), a multiple of ALIGN
     ALIGN = 8  # its offset must be a multiple of this
+    _OWNER = "a Mutex"
 
-    __slots__ = ("_block", "_word", "_entry", "owner_died", "__weakref__")
+    __slots__ = ("_entry", "owner_died")
 
     def __init__(self, mapping: Mapping, offset: int) -> None:
         """Attach to an initialised Mutex. PermissionDenied on a read-only mapping."""
         # Contract: InvalidAddress if ``mapping`` is not a Mapping or the
         # block is misaligned/outside it; NotMapped if unmapped. Pins the
         # mapping until close().
-        self._block = SharedBlock(mapping, offset, self.SIZE, align=self.ALIGN, owner="a Mutex")
+        super().__init__(mapping, offset)
         address = self._block.address
-        self._word: ctypes.c_void_p | None = _c_void_p(address)
         # Where this process links the robust-list entry (0: no robust list).
         self._entry = address + ENTRY_OFFSET if ENTRY_OFFSET is not None else 0
         #: True if the latest acquisition took the lock over from a dead owner.
@@ -105,7 +104,7 @@ class Mutex:
         self = cls(mapping, offset)
         view = self._block.view()
         view[4:] = bytes(len(view) - 4)
-        store_u32(self._word, 0)  # type: ignore[arg-type]
+        store_u32(self._live(), 0)
         return self
 
     # -- locking -----------------------------------------------------------
@@ -163,12 +162,9 @@ class Mutex:
                 owner = old & OWNER_MASK
                 if owner == tid:
                     raise RuntimeError("Mutex is not reentrant: this thread already holds it")
-                if deadline is None:
-                    wait_for: float | None = None
-                else:
-                    wait_for = deadline - _monotonic()
-                    if wait_for <= 0:
-                        return False
+                wait_for = time_left(deadline)
+                if wait_for is not None and wait_for <= 0:
+                    return False
                 if not old & FUTEX_WAITERS:
                     # Tell the owner to wake us; only then is sleeping safe.
                     ok, seen = cas_u32(word, old, old | FUTEX_WAITERS)
@@ -226,17 +222,11 @@ class Mutex:
 
     def locked(self) -> bool:
         """Whether some thread (in any process) holds it right now."""
-        word = self._word
-        if word is None:
-            raise NotMapped("the Mutex was closed")
-        return load_u32(word) & OWNER_MASK != 0
+        return load_u32(self._live()) & OWNER_MASK != 0
 
     def owned(self) -> bool:
         """Whether the calling thread holds it."""
-        word = self._word
-        if word is None:
-            raise NotMapped("the Mutex was closed")
-        value = load_u32(word)
+        value = load_u32(self._live())
         return value & OWNER_MASK == current().tid and not value & FUTEX_OWNER_DIED
 
     def __enter__(self) -> Mutex:
@@ -253,22 +243,12 @@ class Mutex:
 
     # -- lifetime ----------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        return self._word is None
-
     def close(self) -> None:
         """Detach: unpin the mapping. RuntimeError if this thread holds it."""
-        if self._word is None:
-            return
-        if self.owned():
+        if self._word is not None and self.owned():
             raise RuntimeError("close() of a Mutex this thread holds: release it first")
-        self._word = None
-        self._block.close()
+        super().close()
 
-    def __repr__(self) -> str:
-        if self._word is None:
-            return "<Mutex closed>"
-        value = load_u32(self._word)
-        state = f"held by tid {value & OWNER_MASK}" if value & OWNER_MASK else "unlocked"
-        return f"<Mutex at {self._block.address:#x} {state}>"
+    def _state(self) -> str:
+        owner = load_u32(self._live()) & OWNER_MASK
+        return f" held by tid {owner}" if owner else " unlocked"

@@ -30,8 +30,8 @@ from __future__ import annotations
 import ctypes
 import time
 
-from ..errors import NotMapped, TimedOut, WouldBlock
-from ..futex.block import SharedBlock
+from ..errors import TimedOut, WouldBlock
+from ..futex.block import SharedPrimitive, time_left
 from ..linux.atomic import cas_u32, fetch_add_u32, load_u32, store_u32
 from ..linux.futex import futex_wait, futex_wake
 from ..shm.shm import Mapping
@@ -41,13 +41,17 @@ __all__ = ["Semaphore"]
 _U32_MAX = 0xFFFFFFFF
 
 
-class Semaphore:
-    """A counting semaphore at ``offset`` of a shared ``mapping``."""
+class Semaphore(SharedPrimitive):
+    """A counting semaphore at ``offset`` of a shared ``mapping``.
+
+    Its first word (``_word``) is the count, the second the waiters.
+    """
 
     SIZE = 8  # bytes it occupies, a multiple of ALIGN
     ALIGN = 4
+    _OWNER = "a Semaphore"
 
-    __slots__ = ("_block", "_count", "_waiters", "__weakref__")
+    __slots__ = ("_waiters",)
 
     def __init__(self, mapping: Mapping, offset: int, value: int | None = None) -> None:
         """Attach; with ``value``, first initialise the count to it."""
@@ -55,24 +59,16 @@ class Semaphore:
         # primitive; ValueError if value is not in 0..2**32-1. Pins the mapping.
         if value is not None and not 0 <= value <= _U32_MAX:
             raise ValueError(f"semaphore value must be in 0..{_U32_MAX}, not {value}")
-        self._block = SharedBlock(mapping, offset, self.SIZE, align=self.ALIGN, owner="a Semaphore")
-        address = self._block.address
-        self._count: ctypes.c_void_p | None = ctypes.c_void_p(address)
-        self._waiters = ctypes.c_void_p(address + 4)
+        super().__init__(mapping, offset)
+        self._waiters = ctypes.c_void_p(self._block.address + 4)
         if value is not None:
             store_u32(self._waiters, 0)
-            store_u32(self._count, value)
+            store_u32(self._live(), value)
 
     @classmethod
     def create(cls, mapping: Mapping, offset: int, value: int = 1) -> Semaphore:
         """Initialise with ``value`` permits and attach. Before sharing it."""
         return cls(mapping, offset, value)
-
-    def _live(self) -> ctypes.c_void_p:
-        count = self._count
-        if count is None:
-            raise NotMapped("the Semaphore was closed")
-        return count
 
     @property
     def value(self) -> int:
@@ -108,12 +104,9 @@ class Semaphore:
                     ok, value = cas_u32(count, value, value - 1)
                     if ok:
                         return True
-                if deadline is None:
-                    wait_for: float | None = None
-                else:
-                    wait_for = deadline - time.monotonic()
-                    if wait_for <= 0:
-                        return False
+                wait_for = time_left(deadline)
+                if wait_for is not None and wait_for <= 0:
+                    return False
                 try:
                     futex_wait(count, 0, wait_for)
                 except (WouldBlock, TimedOut):
@@ -145,16 +138,5 @@ class Semaphore:
     def __exit__(self, *exc_info: object) -> None:
         self.release()
 
-    @property
-    def closed(self) -> bool:
-        return self._count is None
-
-    def close(self) -> None:
-        """Detach: unpin the mapping. Idempotent."""
-        self._count = None
-        self._block.close()
-
-    def __repr__(self) -> str:
-        if self._count is None:
-            return "<Semaphore closed>"
-        return f"<Semaphore at {self._block.address:#x} value={self.value}>"
+    def _state(self) -> str:
+        return f" value={self.value}"
