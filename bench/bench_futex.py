@@ -80,10 +80,7 @@ def word_side(mapping, me: int, other: int, rounds: int) -> None:
     try:
         for _ in range(rounds):
             while word[0] != me:
-                try:
-                    wait(other)
-                except WouldBlock:
-                    pass
+                wait(other)  # False when the word already changed
             word[0] = other
             wake(1)
     finally:

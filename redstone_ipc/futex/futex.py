@@ -28,7 +28,7 @@ still meet on the same word.
 from __future__ import annotations
 
 import ctypes
-from errno import EINTR
+from errno import EAGAIN, EINTR
 
 from ..linux.futex import (
     _NR_FUTEX,
@@ -40,7 +40,7 @@ from ..linux.futex import (
     _syscall,
     futex_wait,
 )
-from ..errors import NotMapped
+from ..errors import NotMapped, WouldBlock
 from ..shm.shm import Mapping
 from .block import SharedBlock, check_mapping
 
@@ -149,22 +149,35 @@ class FutexWord:
         """The word's address in this process."""
         return self._block.address
 
-    def wait(self, expected: int, timeout: float | None = None) -> None:
-        """Sleep while the word holds ``expected`` (see :meth:`Futex.wait`)."""
+    def wait(self, expected: int, timeout: float | None = None) -> bool:
+        """Sleep while the word holds ``expected``; False if it did not.
+
+        The one contract that differs from :meth:`Futex.wait`: a word that
+        no longer holds ``expected`` returns False instead of raising
+        WouldBlock. In a hand-off loop the other side often changes the word
+        first, and an exception there costs more than the syscall. True
+        means the thread slept and was woken (possibly spuriously: re-check).
+        """
         addr = self._addr
         if addr is None:
             raise NotMapped("the futex word was closed")
         if not 0 <= expected <= _U32_MAX:
             raise ValueError(f"expected must be a u32, not {expected!r}")
-        if timeout is None:
-            if _syscall(_NR_FUTEX, addr, FUTEX_WAIT, expected, None) != 0:
-                err = _get_errno()
-                if err != EINTR:
-                    raise _error(err, addr)
-                _check_signals()
-                futex_wait(addr, expected, None)
-        else:
-            futex_wait(addr, expected, timeout)
+        try:
+            if timeout is None:
+                if _syscall(_NR_FUTEX, addr, FUTEX_WAIT, expected, None) != 0:
+                    err = _get_errno()
+                    if err == EAGAIN:
+                        return False
+                    if err != EINTR:
+                        raise _error(err, addr)
+                    _check_signals()
+                    futex_wait(addr, expected, None)
+            else:
+                futex_wait(addr, expected, timeout)
+        except WouldBlock:
+            return False
+        return True
 
     def wake(self, count: int = 1) -> int:
         """Wake up to ``count`` waiters; the number woken (see :meth:`Futex.wake`)."""
