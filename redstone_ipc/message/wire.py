@@ -84,7 +84,10 @@ def send_message(
                 MAGIC, VERSION, 0, priority, txid,
             )
         except struct.error:
-            raise ValueError(f"priority must fit an i32 and txid a u32 ({priority}, {txid})") from None
+            raise ValueError(
+                f"priority must fit an i32, txid and msg_type a u32 ({priority}, {txid}, "
+                f"{header.msg_type})"
+            ) from None
         sock.sendmsg((head, payload) if size else (head,), (), flags)
         return
     if not _I32[0] <= priority <= _I32[1]:
