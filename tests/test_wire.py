@@ -261,3 +261,20 @@ def test_a_send_in_flight_keeps_the_fds_of_a_handle_closed_meanwhile(no_fd_leak)
     with pytest.raises(OSError):
         os.fstat(w)  # closed once the send is over
     os.close(r)
+
+
+@pytest.mark.parametrize("with_handle", [False, True])
+def test_out_of_range_header_fields_are_refused_before_sending(pair, with_handle, no_fd_leak):
+    a, b = pair
+    msg = Message.with_data(1, b"x")
+    shm = SharedMemory.create(4096) if with_handle else None
+    if shm is not None:
+        msg.attach_handle(shm)
+    with pytest.raises(ValueError, match="priority"):
+        send_message(a, msg, priority=2**31)
+    if shm is not None:
+        assert shm.valid
+        shm.close()
+    b.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        b.recv(64)  # nothing was sent
