@@ -344,6 +344,24 @@ class Handle:
         """The transport sent this handle away: it is gone from this process."""
         self.close()
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickling for multiprocessing: the child gets its own copy of the handle.
+
+        Works when multiprocessing pickles the handle for another process
+        (``Process`` arguments under spawn or forkserver, ``Queue.put``,
+        ``Pipe.send``): each fd travels with ``multiprocessing.reduction.DupFd``,
+        the same way multiprocessing passes its own connections. Like fork,
+        this *copies* the capability (the parent keeps its handle); to move
+        one, send it in a Message. Needs TRANSFER.
+        """
+        from multiprocessing import reduction
+
+        obj: KernelObject = self._require(Rights.TRANSFER)
+        rights = self._rights
+        obj.prepare_transfer(rights)
+        fds = [reduction.DupFd(fd) for fd in obj.transfer_fds(rights)]
+        return _rebuild_handle, (int(obj.TYPE), int(rights), obj.transfer_extra(rights), fds)
+
     def __enter__(self: _H) -> _H:
         self._live()
         return self
@@ -358,6 +376,21 @@ class Handle:
                 self.close()
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
+
+
+def _rebuild_handle(obj_type: int, rights: int, extra: int, dup_fds: list[Any]) -> Handle:
+    """Unpickle a handle (see ``Handle.__reduce__``), validating what arrived."""
+    fds = [d.detach() for d in dup_fds]
+    try:
+        cls = KernelObject.class_for(obj_type)
+        if rights & ~cls.ALLOWED_RIGHTS:
+            raise ProtocolError(f"rights {rights:#x} are not allowed for a {cls.TYPE.name} handle")
+        obj = cls.from_transfer(fds, Rights(rights), extra)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return HANDLE_TABLE.insert(obj, Rights(rights))
 
 
 def _rights_repr(rights: Rights) -> str:
