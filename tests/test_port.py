@@ -938,3 +938,25 @@ def test_asyncio_waits_in_the_event_loop_without_threads(no_fd_leak):
 def test_ids_are_port_ids():
     with Port() as port:
         assert PortId(port.id) == port.id
+
+
+def test_a_received_port_handle_never_sleeps_on_a_blocking_credit_fd(no_fd_leak):
+    """The sender of a handle chooses its fds' flags: a blocking credit
+    eventfd must not turn ``send(timeout=0)`` into a sleep without end."""
+    port = Port(capacity=1)
+    port.send(Message(1, b"fill"))  # full: no credit left
+    os.set_blocking(port._object._out, True)  # what a hostile peer would hand over
+    a, b = seqpacket_pair()
+    msg = Message(2)
+    msg.attach_handle(port.duplicate(SEND_RIGHTS))
+    send_message(a, msg)
+
+    def child() -> None:
+        (client,) = recv_message(b).handles
+        with pytest.raises(QueueFull):
+            client.send(Message(3, b"no room"), timeout=0)
+
+    run_in_child(child, timeout=20)
+    port.close()
+    a.close()
+    b.close()

@@ -125,7 +125,7 @@ class _EndpointObject(Mailbox):
                 f"bad channel sizes: capacity {capacity}, max_record {max_record}"
             )
         sock_fd, out_fd, in_fd = fds
-        if not (eventfd.is_eventfd(out_fd) and eventfd.is_eventfd(in_fd)):
+        if not (eventfd.adopt(out_fd) and eventfd.adopt(in_fd)):
             raise ProtocolError("a channel endpoint arrived without its two eventfds")
         sock = adopt_seqpacket(sock_fd, "a channel endpoint")
         sizes = sizing.Plan(max_record, 0, max(max_record, sizing.RECV_FLOOR))

@@ -32,6 +32,7 @@ __all__ = [
     "give",
     "drain",
     "count",
+    "adopt",
     "is_eventfd",
 ]
 
@@ -87,6 +88,19 @@ def count(fd: int) -> int:
             if line.startswith(b"eventfd-count:"):
                 return int(line.split()[1], 16)  # the kernel prints it in hex
     raise ValueError(f"fd {fd} is not an eventfd")
+
+
+def adopt(fd: int) -> bool:
+    """Whether a received ``fd`` is an eventfd; if so, make it non-blocking.
+
+    The credit paths read with O_NONBLOCK. The flag lives in the open file
+    description, which the sender chose: a peer that handed over a blocking
+    eventfd would otherwise make our first read sleep with no timeout.
+    """
+    if not is_eventfd(fd):
+        return False
+    os.set_blocking(fd, False)
+    return True
 
 
 def is_eventfd(fd: int) -> bool:

@@ -150,7 +150,7 @@ class _PortObject(Mailbox):
         if capacity < 1 or max_record not in sizing.CANDIDATES:
             raise ProtocolError(f"bad port sizes: capacity {capacity}, max_record {max_record}")
         txfd, credit_fd, request_fd, lock_fd = fds[:4]
-        if not (eventfd.is_eventfd(credit_fd) and eventfd.is_eventfd(request_fd)):
+        if not (eventfd.adopt(credit_fd) and eventfd.adopt(request_fd)):
             raise ProtocolError("a port handle arrived without its eventfds")
         if not WindowLock.valid(lock_fd):
             raise ProtocolError("a port handle arrived without its window lock")
