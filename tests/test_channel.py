@@ -333,6 +333,11 @@ def test_closing_an_endpoint_wakes_its_own_waiting_threads(no_fd_leak):
     for t in threads:
         t.start()
     ready.wait()
+    obj = a._object  # the barrier sleeps on a futex too: wait until both are in recv
+    deadline = time.monotonic() + 10
+    while not (obj._leader and obj._followers == 1):
+        assert time.monotonic() < deadline, "the waiters never entered recv"
+        time.sleep(0.001)
     for t in threads:
         wait_asleep(os.getpid(), t.native_id)
     a.close()

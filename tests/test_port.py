@@ -445,6 +445,13 @@ def test_close_wakes_receivers_blocked_in_other_threads(no_fd_leak):
     for t in threads:
         t.start()
     started.wait()
+    # The barrier itself sleeps on a futex: first wait until all three are
+    # inside recv (one leader, two followers), then until each sleeps there.
+    obj = port._object
+    deadline = time.monotonic() + 10
+    while not (obj._leader and obj._followers == 2):
+        assert time.monotonic() < deadline, "the receivers never entered recv"
+        time.sleep(0.001)
     for tid in tids:
         wait_asleep(os.getpid(), tid)  # one leader in poll, two followers on a futex
     start = time.monotonic()
@@ -960,3 +967,27 @@ def test_a_received_port_handle_never_sleeps_on_a_blocking_credit_fd(no_fd_leak)
     port.close()
     a.close()
     b.close()
+
+
+def test_a_hostile_exclusive_lock_on_the_window_cannot_stall_senders(no_fd_leak):
+    """A SEND holder that takes the window lock exclusively (on its own open
+    description, as a repair does) delays senders; it never makes them
+    ignore their timeout, and they go on once it lets go."""
+    import fcntl
+
+    port = Port(capacity=4)
+    client = port.duplicate(SEND_RIGHTS)
+    hostile = os.open(f"/proc/self/fd/{port._object._window.fd}", os.O_RDONLY | os.O_CLOEXEC)
+    fcntl.flock(hostile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    started = time.monotonic()
+    with pytest.raises(QueueFull):
+        client.send(Message(1, b"now"), timeout=0)
+    with pytest.raises(QueueFull):
+        client.send(Message(1, b"soon"), timeout=0.2)
+    assert time.monotonic() - started < 5, "timeouts are kept"
+    fcntl.flock(hostile, fcntl.LOCK_UN)
+    client.send(Message(1, b"after"), timeout=5)
+    assert bytes(port.recv(timeout=5).payload) == b"after"
+    os.close(hostile)
+    client.close()
+    port.close()

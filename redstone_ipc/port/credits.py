@@ -115,15 +115,8 @@ class WindowLock:
         """A lock for this process from a received ``fd`` (not closed here)."""
         return cls(_reopen(fd))
 
-    # -- senders (the caller keeps a depth count: only the first takes it) --
-
-    def hold(self) -> None:
-        """Enter the window. Blocks only while the receiver repairs (microseconds)."""
-        fcntl.flock(self.fd, fcntl.LOCK_SH)
-
-    def unhold(self) -> None:
-        """Leave the window."""
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+    # Senders enter the window with flock(fd, LOCK_SH | LOCK_NB) and leave it
+    # with LOCK_UN; Mailbox._try_send does both inline (hot path).
 
     # -- the receiver --------------------------------------------------------
 

@@ -89,6 +89,8 @@ __all__ = ["Mailbox", "SENT", "NO_CREDIT", "SOCKET_FULL", "adopt_seqpacket"]
 SENT = 0
 NO_CREDIT = 1  # the queue holds `capacity` messages
 SOCKET_FULL = 2  # the socket's byte budget is used up (only raw senders cause this)
+WINDOW_BUSY = 3  # the window lock is held exclusively (a repair, or a hostile holder)
+_WINDOW_RETRY = 0.002  # seconds between tries while WINDOW_BUSY: no fd says "unlocked"
 
 _DONTWAIT = int(socket.MSG_DONTWAIT)
 _POLLIN = select.POLLIN
@@ -100,7 +102,7 @@ _now = time.monotonic
 _take_credit = os.eventfd_read
 _give_credit = os.eventfd_write
 _flock = fcntl.flock
-_LOCK_SH = fcntl.LOCK_SH
+_LOCK_SH_NB = fcntl.LOCK_SH | fcntl.LOCK_NB
 _LOCK_UN = fcntl.LOCK_UN
 _push = heapq.heappush
 _pop = heapq.heappop
@@ -246,7 +248,12 @@ class Mailbox(KernelObject):
                 raise InvalidHandle("the handle was closed in this process while in use")
             window = self._window
             if window is not None:
-                _flock(window.fd, _LOCK_SH)  # window.hold(): blocks only while a receiver repairs
+                # Enter the window. Never a blocking flock: the lock is shared with
+                # every holder of the port, and a sleep here would ignore timeout.
+                try:
+                    _flock(window.fd, _LOCK_SH_NB)
+                except BlockingIOError:
+                    return WINDOW_BUSY
             try:
                 try:
                     _take_credit(self._out)
@@ -279,7 +286,7 @@ class Mailbox(KernelObject):
                 return SENT
             finally:
                 if window is not None:
-                    _flock(window.fd, _LOCK_UN)  # window.unhold()
+                    _flock(window.fd, _LOCK_UN)  # leave the window
         finally:
             smutex.release()
 
@@ -321,6 +328,8 @@ class Mailbox(KernelObject):
         return bool(events and events[0][1] & _HUP)
 
     def _room_fds(self, state: int) -> list[tuple[int, int]]:
+        if state == WINDOW_BUSY:
+            return [(self._txfd, 0)]  # only a hang-up; the wait itself is short
         if state == NO_CREDIT:
             return [(self._out, _POLLIN), (self._txfd, 0)]  # 0: POLLHUP/POLLERR only
         return [(self._txfd, _POLLOUT)]
@@ -339,6 +348,9 @@ class Mailbox(KernelObject):
                 self._parked.add(park)
                 self._ops += 1
             try:
+                if state == WINDOW_BUSY:
+                    wake_at = _now() + _WINDOW_RETRY
+                    deadline = wake_at if deadline is None else min(deadline, wake_at)
                 events = p.poll(_ms(None if deadline is None else deadline - _now()))
             finally:
                 with self._mutex:
@@ -370,6 +382,8 @@ class Mailbox(KernelObject):
             if remaining is not None and remaining <= 0:
                 raise QueueFull(f"the queue holds {self._capacity} messages")
             fds = self._room_fds(state)
+            if state == WINDOW_BUSY:
+                remaining = _WINDOW_RETRY if remaining is None else min(remaining, _WINDOW_RETRY)
             await self._await_fds(loop, [(fd, _EPOLLIN if ev == _POLLIN else
                                           _EPOLLOUT if ev == _POLLOUT else 0)
                                          for fd, ev in fds], remaining)
