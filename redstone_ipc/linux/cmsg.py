@@ -20,6 +20,9 @@ __all__ = [
     "MAX_FDS",
     "ANCBUF_SIZE",
     "Record",
+    "recv_raw",
+    "detach",
+    "make_record",
     "recv_record",
     "send_record",
     "close_fds",
@@ -28,15 +31,16 @@ __all__ = [
 ]
 
 MAX_FDS = 253  # SCM_MAX_FD: the kernel's limit of fds in one message
-_CRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
-ANCBUF_SIZE = socket.CMSG_SPACE(4 * MAX_FDS) + socket.CMSG_SPACE(_CRED.size)
+CRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
+ANCBUF_SIZE = socket.CMSG_SPACE(4 * MAX_FDS) + socket.CMSG_SPACE(CRED.size)
 # Plain ints: the socket module's flag enums cost microseconds per operation.
 _RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
-_SCM_CREDENTIALS = int(socket.SCM_CREDENTIALS)
+SCM_CREDENTIALS = int(socket.SCM_CREDENTIALS)
+TRUNCATED = _MSG_TRUNC | _MSG_CTRUNC  # msg_flags that mean data or fds were lost
 _MSG_PEEK = int(socket.MSG_PEEK)
 _MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 
@@ -60,24 +64,46 @@ _COPY_LIMIT = 16 * 1024
 _buffers = threading.local()  # one receive buffer per thread: no lock needed
 
 
-def recv_record(sock: socket.socket, bufsize: int, flags: int = 0) -> Record:
-    """Receive one record; raises what ``recvmsg`` raises (BlockingIOError, ...).
+def recv_raw(
+    sock: socket.socket, bufsize: int, flags: int = 0
+) -> tuple[memoryview, int, list, int]:
+    """One ``recvmsg_into`` into this thread's reusable receive buffer.
 
-    Receives into a preallocated per-thread buffer: allocating ``bufsize``
-    bytes per call (as ``recvmsg`` does) costs more than the syscall itself.
+    Returns (buffer, nbytes, ancdata, msg_flags). The buffer is reused by the
+    next call in this thread: keep bytes with :func:`detach`. Allocating
+    ``bufsize`` bytes per call, as ``recvmsg`` does, costs more than the
+    syscall itself.
     """
-    buf = getattr(_buffers, "buf", None)
-    if buf is None or len(buf) < bufsize:
-        buf = _buffers.buf = memoryview(bytearray(bufsize))
-    nbytes, ancdata, msg_flags, _ = sock.recvmsg_into(
-        (buf[:bufsize],), ANCBUF_SIZE, flags | _RECV_FLAGS
-    )
-    if nbytes <= _COPY_LIMIT:
-        data: bytes | memoryview = buf[:nbytes].tobytes()
-    else:
-        data = buf[:nbytes]
-        _buffers.buf = None
-    record = Record(data)
+    slot = getattr(_buffers, "slot", None)
+    if slot is None or slot[0] != bufsize:
+        buf = getattr(_buffers, "buf", None)
+        if buf is None or len(buf) < bufsize:
+            buf = _buffers.buf = memoryview(bytearray(bufsize))
+        slot = _buffers.slot = (bufsize, (buf[:bufsize],), buf)
+    nbytes, ancdata, msg_flags, _ = sock.recvmsg_into(slot[1], ANCBUF_SIZE, flags | _RECV_FLAGS)
+    return slot[2], nbytes, ancdata, msg_flags
+
+
+def detach(buf: memoryview, start: int, stop: int) -> bytes | memoryview:
+    """Bytes ``[start:stop)`` of the receive buffer, safe to keep.
+
+    Small ranges are copied; a large one takes the buffer itself (no copy)
+    and the thread's next receive allocates a new one.
+    """
+    if stop - start <= _COPY_LIMIT:
+        return buf[start:stop].tobytes()
+    _buffers.buf = _buffers.slot = None
+    return buf[start:stop]
+
+
+def recv_record(sock: socket.socket, bufsize: int, flags: int = 0) -> Record:
+    """Receive one record; raises what ``recvmsg`` raises (BlockingIOError, ...)."""
+    return make_record(*recv_raw(sock, bufsize, flags))
+
+
+def make_record(buf: memoryview, nbytes: int, ancdata: list, msg_flags: int) -> Record:
+    """A Record (owning its fds) from what :func:`recv_raw` returned."""
+    record = Record(detach(buf, 0, nbytes))
     for level, kind, payload in ancdata:
         if level != _SOL_SOCKET:
             continue
@@ -85,9 +111,9 @@ def recv_record(sock: socket.socket, bufsize: int, flags: int = 0) -> Record:
             fds = array.array("i")
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
             record.fds.extend(fds)
-        elif kind == _SCM_CREDENTIALS and len(payload) >= _CRED.size:
-            record.creds = _CRED.unpack_from(payload)
-    if msg_flags:
+        elif kind == SCM_CREDENTIALS and len(payload) >= CRED.size:
+            record.creds = CRED.unpack_from(payload)
+    if msg_flags & TRUNCATED:  # (the kernel also echoes MSG_CMSG_CLOEXEC here)
         record.truncated = bool(msg_flags & _MSG_TRUNC)
         record.ctrunc = bool(msg_flags & _MSG_CTRUNC)
     return record

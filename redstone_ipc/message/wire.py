@@ -49,6 +49,12 @@ HEAD_SIZE = _HEAD.size  # 32
 DESCRIPTOR_SIZE = _DESCRIPTOR.size  # 16
 _I32 = (-(2**31), 2**31 - 1)
 
+_CRED = cmsg.CRED
+_SCM_CREDENTIALS = cmsg.SCM_CREDENTIALS
+_TRUNCATED = cmsg.TRUNCATED
+_new_message = Message.__new__
+_sender = Sender._make
+
 # Largest record a default unix socket carries: SO_SNDBUF (212,992) - 32.
 DEFAULT_MAX_RECORD = 212_960
 
@@ -175,7 +181,32 @@ def recv_message(
     every fd that came with it; BlockingIOError and other OSErrors as
     ``recvmsg`` raises them.
     """
-    record = cmsg.recv_record(sock, max_record, flags)
+    buf, nbytes, ancdata, msg_flags = cmsg.recv_raw(sock, max_record, flags)
+    if (
+        not msg_flags & _TRUNCATED
+        and nbytes >= HEAD_SIZE
+        and (not ancdata or len(ancdata) == 1 and ancdata[0][1] == _SCM_CREDENTIALS)
+    ):
+        # The common case, decided without building a Record: no fds, one
+        # credentials message, no handles, an inline payload that fits.
+        size, handle_count, msg_type, reserved, magic, version, wire_flags, priority, txid = (
+            _HEAD.unpack_from(buf)
+        )
+        if (
+            not (handle_count or reserved or wire_flags)
+            and size == nbytes - HEAD_SIZE
+            and magic == MAGIC
+            and version == VERSION
+        ):
+            msg = _new_message(Message)
+            msg.header = MessageHeader(size, 0, msg_type, 0)
+            msg._payload = cmsg.detach(buf, HEAD_SIZE, nbytes) if size else b""  # type: ignore[assignment]
+            msg.handles = []
+            msg.txid = txid
+            msg.priority = priority
+            msg.sender = _sender(_CRED.unpack_from(ancdata[0][2])) if ancdata else None
+            return msg
+    record = cmsg.make_record(buf, nbytes, ancdata, msg_flags)
     try:
         if not record.data and not record.fds and not record.truncated:
             if cmsg.peer_hung_up(sock):
