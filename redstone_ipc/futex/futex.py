@@ -51,6 +51,21 @@ _get_errno = ctypes.get_errno
 _U32_MAX = 0xFFFFFFFF
 
 
+def _checked_address(mapping: Mapping, offset: int) -> ctypes.c_void_p:
+    """The word's address as a c_void_p, checked once per (mapping, offset).
+
+    The cache lives on the mapping; a mapping that was unmapped is checked
+    again (and raises NotMapped), so a cached address is never used stale.
+    """
+    if mapping.__class__ is not Mapping:
+        check_mapping(mapping)
+    addr = mapping.futex_addresses.get(offset)
+    if addr is None or mapping.closed:
+        addr = _c_void_p(mapping.word_address(offset))
+        mapping.futex_addresses[offset] = addr
+    return addr
+
+
 class Futex:
     """Wait and wake on u32 words of a Mapping. Only static methods.
 
@@ -77,16 +92,13 @@ class Futex:
         #   (KeyboardInterrupt...) propagates, else the wait resumes with the
         #   time that is left;
         # - the mapping cannot be unmapped while this waits (pinned).
-        if mapping.__class__ is not Mapping:
-            check_mapping(mapping)
-        address = mapping.word_address(offset)
+        addr = _checked_address(mapping, offset)
         if not 0 <= expected <= _U32_MAX:
             raise ValueError(f"expected must be a u32, not {expected!r}")
         pin = memoryview(mapping)  # unmap() refuses while we sleep
         try:
             if timeout is None:
                 # The common case, inlined: one syscall, no extra frames.
-                addr = _c_void_p(address)
                 if _syscall(_NR_FUTEX, addr, FUTEX_WAIT, expected, None) != 0:
                     err = _get_errno()
                     if err != EINTR:
@@ -94,7 +106,7 @@ class Futex:
                     _check_signals()  # run handlers; their exceptions propagate
                     futex_wait(addr, expected, None)  # then the general loop
             else:
-                futex_wait(_c_void_p(address), expected, timeout)
+                futex_wait(addr, expected, timeout)
         finally:
             pin.release()
 
@@ -107,14 +119,11 @@ class Futex:
         # Contract: returns the kernel's real count (0 if nobody waited);
         # count == 0 wakes nobody; ValueError if count < 0; InvalidAddress /
         # NotMapped as for wait. Does not write the word: change it first.
-        if mapping.__class__ is not Mapping:
-            check_mapping(mapping)
-        address = mapping.word_address(offset)
+        addr = _checked_address(mapping, offset)
         if count <= 0:
             if count == 0:
                 return 0  # the kernel would wake one for 0
             raise ValueError(f"count must be >= 0, not {count}")
-        addr = _c_void_p(address)
         woken = _syscall(_NR_FUTEX, addr, FUTEX_WAKE, count if count < WAKE_ALL else WAKE_ALL)
         if woken < 0:
             raise _error(_get_errno(), addr)

@@ -217,6 +217,7 @@ class Mapping(mmap.mmap):
         self.address = memfd.buffer_address(self)
         self.shm_id = shm_id
         self.writable = writable
+        self.futex_addresses: dict[int, Any] = {}  # offset -> checked c_void_p (futex/)
         return self
 
     @property
