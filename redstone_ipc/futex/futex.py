@@ -92,10 +92,14 @@ class Futex:
         #   (KeyboardInterrupt...) propagates, else the wait resumes with the
         #   time that is left;
         # - the mapping cannot be unmapped while this waits (pinned).
-        addr = _checked_address(mapping, offset)
+        if mapping.__class__ is Mapping and not mapping.closed:
+            addr = mapping.futex_addresses.get(offset) or _checked_address(mapping, offset)
+        else:
+            addr = _checked_address(mapping, offset)  # raises the right error
         if not 0 <= expected <= _U32_MAX:
             raise ValueError(f"expected must be a u32, not {expected!r}")
-        pin = memoryview(mapping)  # unmap() refuses while we sleep
+        sleepers = mapping.futex_sleepers  # unmap() refuses while we sleep
+        sleepers.append(None)  # (list append/pop: atomic, cheaper than a memoryview)
         try:
             if timeout is None:
                 # The common case, inlined: one syscall, no extra frames.
@@ -108,7 +112,7 @@ class Futex:
             else:
                 futex_wait(addr, expected, timeout)
         finally:
-            pin.release()
+            sleepers.pop()
 
     @staticmethod
     def wake(mapping: Mapping, offset: int, count: int = 1) -> int:
@@ -119,7 +123,10 @@ class Futex:
         # Contract: returns the kernel's real count (0 if nobody waited);
         # count == 0 wakes nobody; ValueError if count < 0; InvalidAddress /
         # NotMapped as for wait. Does not write the word: change it first.
-        addr = _checked_address(mapping, offset)
+        if mapping.__class__ is Mapping and not mapping.closed:
+            addr = mapping.futex_addresses.get(offset) or _checked_address(mapping, offset)
+        else:
+            addr = _checked_address(mapping, offset)  # raises the right error
         if count <= 0:
             if count == 0:
                 return 0  # the kernel would wake one for 0

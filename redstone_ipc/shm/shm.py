@@ -218,6 +218,7 @@ class Mapping(mmap.mmap):
         self.shm_id = shm_id
         self.writable = writable
         self.futex_addresses: dict[int, Any] = {}  # offset -> checked c_void_p (futex/)
+        self.futex_sleepers: list[None] = []  # one entry per Futex.wait asleep on it
         return self
 
     @property
@@ -229,6 +230,8 @@ class Mapping(mmap.mmap):
         """Remove the mapping. NotMapped if already unmapped."""
         if self.closed:
             raise NotMapped("the mapping was already unmapped")
+        if self.futex_sleepers:
+            raise ShmError("cannot unmap: a thread is waiting on a futex word in it")
         try:
             self.close()
         except BufferError:
