@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# Type and lint checks of the package (CI runs them after the tests).
+lint: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[lint]'
+	$(PY) -m mypy redstone_ipc
+	$(PY) -m pyflakes redstone_ipc tests bench examples
 
 bench: $(VENV)/.installed
 	$(PY) bench/run.py

@@ -179,8 +179,8 @@ class HandleTable:
 
     def insert(self, obj: KernelObject, rights: Rights, cls: type[_H] | None = None) -> _H:
         """Make a new handle to ``obj`` with ``rights``; the object gains a reference."""
-        handle_cls: type[Any] = cls or obj.HANDLE_CLASS
-        handle = handle_cls.__new__(handle_cls)
+        handle_cls: Any = cls or obj.HANDLE_CLASS
+        handle = object.__new__(handle_cls)  # Handle.__init__ refuses direct construction
         with self._lock:
             if obj._destroyed:
                 raise InvalidHandle("the object is already destroyed")

@@ -24,6 +24,7 @@ module (``redstone_ipc.sync``) do that checking once, when they attach.
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 import ctypes.util
 
 __all__ = [
@@ -52,7 +53,7 @@ except OSError as exc:  # pragma: no cover - depends on the machine
     ) from exc
 
 
-def _fn(name: str, restype: type) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+def _fn(name: str, restype: Any) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
     # A private function object per symbol: ``argtypes`` stay unset on purpose
     # (arguments are prebuilt c_void_p or small ints, which ctypes passes
     # without conversion), ``restype`` gives the u32 result.

@@ -79,15 +79,16 @@ class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
-def _error(err: int, addr: ctypes.c_void_p) -> Exception:
+def _error(err: int, addr: ctypes.c_void_p | int) -> Exception:
+    where = addr if isinstance(addr, int) else (addr.value or 0)
     if err == errno.EAGAIN:
         return WouldBlock("the futex word did not hold the expected value")
     if err == errno.ETIMEDOUT:
         return TimedOut("futex wait timed out")
     if err == errno.EINVAL:
-        return InvalidAddress(f"futex address {addr.value:#x} is misaligned or invalid")
+        return InvalidAddress(f"futex address {where:#x} is misaligned or invalid")
     if err == errno.EFAULT:
-        return InvalidAddress(f"futex address {addr.value:#x} is not mapped")
+        return InvalidAddress(f"futex address {where:#x} is not mapped")
     return OSError(err, f"futex: {errno.errorcode.get(err, err)}")
 
 

@@ -170,9 +170,10 @@ class RobustList:
             return
         head, futex_offset = found
         if not head:
-            head = _register_own_head(-ENTRY_OFFSET)  # type: ignore[operator]
-            if head is None:
+            own = _register_own_head(-ENTRY_OFFSET)  # type: ignore[operator]
+            if own is None:
                 return
+            head = own
             futex_offset = -ENTRY_OFFSET  # type: ignore[operator]
         if futex_offset != -ENTRY_OFFSET:  # type: ignore[operator]
             return  # a libc with another layout on this thread: fall back
@@ -218,7 +219,7 @@ class RobustList:
 
     def entries(self) -> list[int]:
         """The addresses of the entries now listed (for tests and debugging)."""
-        found = []
+        found: list[int] = []
         node = self._list.value & _NOT_PI if self.enabled else self.head
         while node != self.head and len(found) < 2048:  # the kernel's own limit
             found.append(node)

@@ -15,6 +15,8 @@ IntFlag's operators would cost ten times more per call.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..core.object import Handle, Rights
 from ..message.message import Message
 from .mailbox import Mailbox
@@ -61,7 +63,7 @@ class MailboxHandle(Handle):
         handles (and ``msg.txid``) have moved to the receiver; on any error
         the handles are all still valid here.
         """
-        obj = self._object
+        obj: Any = self._object
         if obj is None or not _has(self._rights, _SEND):
             obj = self._require(Rights.SEND)
         state = obj._try_send(msg, priority)
@@ -83,7 +85,7 @@ class MailboxHandle(Handle):
         Closed once the other side is gone: at once for a port (closing it
         drops the queue); for a channel, after everything the peer queued.
         """
-        obj = self._object
+        obj: Any = self._object
         if obj is None or not _has(self._rights, _RECEIVE):
             obj = self._require(Rights.RECEIVE)
         return obj.try_recv()
@@ -95,7 +97,7 @@ class MailboxHandle(Handle):
         ``try_recv``. ``msg.sender`` names the sending process, as the kernel
         saw it.
         """
-        obj = self._object
+        obj: Any = self._object
         if obj is None or not _has(self._rights, _RECEIVE):
             obj = self._require(Rights.RECEIVE)
         return obj.recv(timeout)

@@ -338,8 +338,8 @@ class Mailbox(KernelObject):
         """Sleep until a credit (or socket space) may be there, or the deadline."""
         park = eventfd.counter()  # how close() reaches this thread
         p = select.poll()
-        for fd, events in self._room_fds(state):
-            p.register(fd, events)
+        for fd, mask in self._room_fds(state):
+            p.register(fd, mask)
         p.register(park, _POLLIN)
         try:
             with self._mutex:
@@ -605,6 +605,7 @@ class Mailbox(KernelObject):
         heap = self._heap
         pending = self._pending
         rx = self._rx
+        assert rx is not None  # only a receiving mailbox drains
         size = self._recv_size
         while ready:
             try:

@@ -96,6 +96,7 @@ class _PortObject(Mailbox):
     ALLOWED_RIGHTS = port_rights.ALLOWED_RIGHTS
     _gone_exc = PortClosed
     _gone_text = "the port was closed by its receiver, or the receiver died"
+    id: PortId  # the tx socket's inode: the same in every process
 
     @classmethod
     def create(cls, capacity: int) -> _PortObject:
@@ -189,7 +190,9 @@ class _PortFactory(type):
     """``Port(capacity)`` creates a port; handles themselves come from the table."""
 
     def __call__(cls, capacity: int = DEFAULT_CAPACITY) -> Any:
-        return HANDLE_TABLE.insert(_PortObject.create(capacity), port_rights.DEFAULT_RIGHTS, cls)
+        return HANDLE_TABLE.insert(
+            _PortObject.create(capacity), port_rights.DEFAULT_RIGHTS, cls  # type: ignore[arg-type]
+        )
 
 
 class Port(MailboxHandle, metaclass=_PortFactory):
@@ -251,7 +254,7 @@ class Port(MailboxHandle, metaclass=_PortFactory):
         SEND-only handle's close just lets go of this handle. Closing twice
         does nothing.
         """
-        obj = self._object
+        obj: Any = self._object
         if obj is not None and _has(self._rights, _RECEIVE):
             obj.shut()
         Handle.close(self)
@@ -280,7 +283,7 @@ class Port(MailboxHandle, metaclass=_PortFactory):
     def _let_go(self) -> None:
         """Drop this handle; if it was this process's last receive right, also
         its copy of the receiving socket end (see ``Mailbox.drop_receive``)."""
-        obj: _PortObject | None = self._object
+        obj: Any = self._object
         if obj is None:
             return
         receive = _has(self._rights, _RECEIVE)

@@ -209,6 +209,8 @@ class Mapping(mmap.mmap):
     address: int
     shm_id: ShmId
     writable: bool
+    futex_addresses: dict[int, Any]  # offset -> checked c_void_p (see futex/)
+    futex_sleepers: list[None]  # one entry per Futex.wait asleep on this mapping
 
     @classmethod
     def _create(cls, fd: int, size: int, writable: bool, shm_id: ShmId) -> Mapping:
@@ -217,8 +219,8 @@ class Mapping(mmap.mmap):
         self.address = memfd.buffer_address(self)
         self.shm_id = shm_id
         self.writable = writable
-        self.futex_addresses: dict[int, Any] = {}  # offset -> checked c_void_p (futex/)
-        self.futex_sleepers: list[None] = []  # one entry per Futex.wait asleep on it
+        self.futex_addresses = {}
+        self.futex_sleepers = []
         return self
 
     @property
