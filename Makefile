@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
-# Type and lint checks of the package (CI runs them after the tests).
+# Type and lint checks of the package (CI runs them before the tests).
 lint: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[lint]'
 	$(PY) -m mypy redstone_ipc
