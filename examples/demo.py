@@ -8,9 +8,11 @@ copy: the very same physical frames), checks them, and replies. One app is
 killed with SIGKILL halfway: the compositor notices (PeerClosed), frees
 what it held, and carries on with the others.
 
-Everything below crosses real process boundaries: the apps are forked
-processes, handles travel in messages (SCM_RIGHTS), and every wait sleeps in
-the kernel. The compositor serves all apps from one thread with asyncio.
+Everything below crosses real process boundaries: the apps are fresh
+interpreters (multiprocessing's spawn: nothing is inherited; the SEND right
+reaches them pickled as a duplicated fd), every other handle travels in
+messages (SCM_RIGHTS), and every wait sleeps in the kernel. The compositor
+serves all apps from one thread with asyncio.
 
     python examples/demo.py            (or: make demo)
 """
@@ -137,12 +139,12 @@ async def compositor(port: Port) -> Stats:
 def main() -> int:
     port = Port(capacity=16)
     send_right = port.duplicate(Rights.SEND | Rights.TRANSFER)
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: nothing inherited
     apps = [ctx.Process(target=app, args=(i, send_right)) for i in range(APPS)]
     t0 = time.perf_counter()
     for p in apps:
         p.start()
-    send_right.close()  # the apps hold their own (inherited) copies
+    send_right.close()  # each app got its own copy when it started
 
     stats = asyncio.run(compositor(port))
     elapsed = time.perf_counter() - t0
