@@ -45,6 +45,12 @@ def raw_send(sock: socket.socket, data: bytes, fds: list[int]) -> None:
     sock.sendmsg([data], anc)
 
 
+def assert_still_works(a: socket.socket, b: socket.socket) -> None:
+    """A good record sent after a bad one is received normally."""
+    send_message(a, Message.with_data(3, b"still works"))
+    assert bytes(recv_message(b).payload) == b"still works"
+
+
 def pipe_fds(n: int) -> list[int]:
     """``n`` fresh fds (pipe ends) to ride along; closed here after sending."""
     fds: list[int] = []
@@ -132,9 +138,7 @@ def test_a_bad_record_raises_closes_its_fds_and_the_socket_goes_on(case):
         recv_message(b)
     assert open_fds() == before, "every fd that came with the bad record is closed"
 
-    send_message(a, Message.with_data(3, b"still works"))
-    good = recv_message(b)
-    assert bytes(good.payload) == b"still works"
+    assert_still_works(a, b)
     a.close()
     b.close()
 
@@ -149,8 +153,7 @@ def test_a_record_longer_than_the_buffer_is_message_too_large():
     with pytest.raises(MessageTooLarge, match="longer than"):
         recv_message(b, max_record=64)
     assert open_fds() == before
-    send_message(a, Message.with_data(3, b"next"))
-    assert bytes(recv_message(b).payload) == b"next"
+    assert_still_works(a, b)
     a.close()
     b.close()
 
@@ -209,8 +212,7 @@ def test_garbage_never_leaks_and_never_breaks_the_socket(prefix, garbage, nfds):
         else:
             msg.close()  # garbage that happens to be valid is a valid message
     assert open_fds() == before
-    send_message(a, Message.with_data(3, b"ok"))
-    assert bytes(recv_message(b).payload) == b"ok"
+    assert_still_works(a, b)
     a.close()
     b.close()
 

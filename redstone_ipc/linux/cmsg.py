@@ -23,7 +23,6 @@ __all__ = [
     "recv_raw",
     "detach",
     "make_record",
-    "recv_record",
     "send_record",
     "close_fds",
     "seqpacket_pair",
@@ -94,11 +93,6 @@ def detach(buf: memoryview, start: int, stop: int) -> bytes | memoryview:
         return buf[start:stop].tobytes()
     _buffers.buf = _buffers.slot = None
     return buf[start:stop]
-
-
-def recv_record(sock: socket.socket, bufsize: int, flags: int = 0) -> Record:
-    """Receive one record; raises what ``recvmsg`` raises (BlockingIOError, ...)."""
-    return make_record(*recv_raw(sock, bufsize, flags))
 
 
 def make_record(buf: memoryview, nbytes: int, ancdata: list, msg_flags: int) -> Record:

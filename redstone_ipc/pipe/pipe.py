@@ -446,6 +446,26 @@ def _ready_now(fd: int, events: int) -> bool:
     return bool(poller.poll(0))
 
 
+def _write_some(fd: int, view: memoryview, written: int) -> int:
+    """One write of ``view[written:]``: the bytes written, 0 if the pipe is full.
+
+    SIGPIPE is guarded around the syscall alone, so asyncio tasks running
+    between two writes in this thread never run with it blocked. PeerClosed
+    (with ``written``) once every reader is gone.
+    """
+    state = _sigpipe.block()
+    epipe = False
+    try:
+        return os.write(fd, view[written:])
+    except BlockingIOError:
+        return 0
+    except BrokenPipeError:
+        epipe = True
+        raise _peer_closed(written) from None
+    finally:
+        _sigpipe.restore(state, epipe)
+
+
 def _byte_view(data: Buffer) -> memoryview:
     view = memoryview(data)
     if not view.c_contiguous:
@@ -533,25 +553,13 @@ class _PipeEnd(Handle):
             written = 0
             try:
                 obj._check_open()
-                state = _sigpipe.block()
-                epipe = False
-                try:
-                    while written < total:
-                        try:
-                            written += os.write(fd, view[written:])
-                            continue
-                        except BlockingIOError:
-                            pass
-                        except BrokenPipeError:
-                            epipe = True
-                            raise _peer_closed(written) from None
-                        if not obj._wait([(fd, select.POLLOUT)], deadline):
-                            if written:
-                                return written
-                            raise TimedOut(f"the pipe stayed full for {timeout}s")
-                    return written
-                finally:
-                    _sigpipe.restore(state, epipe)
+                while written < total:
+                    written += _write_some(fd, view, written)
+                    if written < total and not obj._wait([(fd, select.POLLOUT)], deadline):
+                        if written:
+                            return written
+                        raise TimedOut(f"the pipe stayed full for {timeout}s")
+                return written
             finally:
                 obj._turn.release()
         finally:
@@ -572,21 +580,9 @@ class _PipeEnd(Handle):
             try:
                 obj._check_open()
                 while written < total:
-                    # The guard covers the syscall only: other tasks run in
-                    # this thread while we await.
-                    state = _sigpipe.block()
-                    epipe = False
-                    try:
-                        written += os.write(fd, view[written:])
-                        continue
-                    except BlockingIOError:
-                        pass
-                    except BrokenPipeError:
-                        epipe = True
-                        raise _peer_closed(written) from None
-                    finally:
-                        _sigpipe.restore(state, epipe)
-                    await obj._wait_async(fd, writable=True)
+                    written += _write_some(fd, view, written)
+                    if written < total:
+                        await obj._wait_async(fd, writable=True)
                 return written
             finally:
                 obj._turn.release()

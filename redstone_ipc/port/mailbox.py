@@ -355,9 +355,7 @@ class Mailbox(KernelObject):
             finally:
                 with self._mutex:
                     self._parked.discard(park)
-                    self._ops -= 1
-                    if not self._ops:
-                        self._idle_locked()
+                    self._leave_locked()
         finally:
             os.close(park)
         for fd, ev in events:
@@ -482,9 +480,7 @@ class Mailbox(KernelObject):
                     self._repair_requested_locked()
             return ready
         finally:
-            self._ops -= 1
-            if not self._ops:
-                self._idle_locked()
+            self._leave_locked()
 
     def _make_wait_poller_locked(self) -> select.poll:
         self._kick = eventfd.counter()
@@ -557,9 +553,7 @@ class Mailbox(KernelObject):
             finally:
                 with self._mutex:
                     self._async.remove(wake_from_any_thread)
-                    self._ops -= 1
-                    if not self._ops:
-                        self._idle_locked()
+                    self._leave_locked()
         finally:
             ep.close()
 
@@ -756,6 +750,12 @@ class Mailbox(KernelObject):
         if not self._ops:
             self._idle_locked()
         return dropped
+
+    def _leave_locked(self) -> None:
+        """A wait that counted itself in (``_ops += 1``) is over."""
+        self._ops -= 1
+        if not self._ops:
+            self._idle_locked()
 
     def _idle_locked(self) -> None:
         """No thread uses the fds any more: close what is due."""
