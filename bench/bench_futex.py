@@ -10,7 +10,19 @@ way (a memoryview); they differ only in the futex calls:
 * api:   ``Futex.wait(mapping, 0, v)`` / ``Futex.wake(mapping, 0, 1)`` (type
   and range checks, pinning, error mapping on every call);
 * word:  a ``FutexWord`` from ``Futex.word(mapping, 0)``: checked and pinned
-  once, then ``wait(v)`` / ``wake(1)``.
+  once, then ``wait(v)`` / ``wake(1)``;
+* wrap:  a control, not an API: the raw calls, each inside a Python function
+  that does nothing else: the least any Python API adds (one frame per call).
+
+Across CPUs, on the VMs here, a round trip is not the sum of its CPU costs.
+Runs settle into a fast mode (about 30 us per round trip) or a slow one (45
+to 70 us): a wake that reaches an idle vCPU is slow. A little more work per
+hand-over tips more runs into the slow mode. Two empty Python calls before
+each wake, about 100 ns, added 10-15 us to the median, and so did one
+``ctypes.get_errno()`` on the wait's failure path. (The failure is EAGAIN,
+and it happens in under 1% of the waits, so the mechanism is not understood.)
+``wrap`` shows where a wrapper with no checks at all lands. On one CPU, the
+CPU cost is what the ratio measures.
 
 Where the two processes run changes everything, so each placement is
 measured on its own: both on one CPU (a hand-over is a context switch: pure
@@ -88,7 +100,27 @@ def word_side(mapping, me: int, other: int, rounds: int) -> None:
         word.release()
 
 
-VARIANTS = {"raw": raw_side, "api": api_side, "word": word_side}
+def wrap_side(mapping, me: int, other: int, rounds: int) -> None:
+    word = memoryview(mapping).cast("I")
+    p = ctypes.c_void_p(mapping.word_address(0))
+
+    def wait(expected):
+        return _sys(NR, p, 0, expected, None)
+
+    def wake():
+        return _sys(NR, p, 1, 1)
+
+    try:
+        for _ in range(rounds):
+            while word[0] != me:
+                wait(other)
+            word[0] = other
+            wake()
+    finally:
+        word.release()
+
+
+VARIANTS = {"raw": raw_side, "api": api_side, "word": word_side, "wrap": wrap_side}
 
 
 def one_run(side, rounds: int, cpus: tuple[set[int], set[int]] | None) -> float:
@@ -160,6 +192,7 @@ def main() -> None:
             print(f"  {v:5s} median {med[v] * 1e6:7.2f}   runs: {runs}")
         print(f"  ratio Futex.wait/wake : raw = {med['api'] / med['raw']:.3f}   "
               f"FutexWord : raw = {med['word'] / med['raw']:.3f}   (goal <= 1.2)")
+        print(f"  control: do-nothing wrapper : raw = {med['wrap'] / med['raw']:.3f}")
 
 
 if __name__ == "__main__":

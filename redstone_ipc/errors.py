@@ -23,6 +23,7 @@ __all__ = [
     "OutOfMemory",
     "InvalidAddress",
     "NotMapped",
+    "MappingInUse",
     "FutexError",
     "WouldBlock",
     "TimedOut",
@@ -85,6 +86,11 @@ class OutOfMemory(ShmError, MemoryError):
 
 class NotMapped(ShmError):
     """The mapping was already unmapped."""
+
+
+class MappingInUse(ShmError, BufferError):
+    """The mapping cannot be unmapped yet: views of it are alive, or a thread
+    sleeps in ``Futex.wait`` on a word of it (mmap itself raises BufferError)."""
 
 
 # -- seed: ipc::futex::FutexError ---------------------------------------------

@@ -19,7 +19,7 @@ PUBLIC = """
     SharedMemory ShmId Mapping PAGE_SIZE
     Futex FutexWord WaitQueue Mutex Event Semaphore Condition
     IpcError PortClosed QueueFull Empty InvalidHandle PermissionDenied PeerClosed
-    MessageTooLarge ProtocolError ShmError OutOfMemory InvalidAddress NotMapped
+    MessageTooLarge ProtocolError ShmError OutOfMemory InvalidAddress NotMapped MappingInUse
     FutexError WouldBlock TimedOut
 """.split()
 
@@ -48,6 +48,7 @@ def test_all_names_exist():
         (errors.ProtocolError, (errors.IpcError,)),
         (errors.OutOfMemory, (errors.ShmError, MemoryError)),
         (errors.NotMapped, (errors.ShmError,)),
+        (errors.MappingInUse, (errors.ShmError, BufferError)),
         (errors.InvalidAddress, (errors.ShmError, errors.FutexError)),
         (errors.WouldBlock, (errors.FutexError, BlockingIOError)),
         (errors.TimedOut, (errors.FutexError, TimeoutError)),

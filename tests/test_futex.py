@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from _proc import exited, fd_count, fork, join, join_all, wait_futex_sleep
 from redstone_ipc.errors import (
     InvalidAddress,
+    MappingInUse,
     NotMapped,
     ShmError,
     TimedOut,
@@ -194,13 +195,23 @@ def test_signal_runs_the_handler_and_the_wait_resumes_with_the_remaining_time(re
     assert timeout <= t_end - t0 < timeout + 0.5, t_end - t0
 
 
-def test_a_signal_during_an_untimed_wait_runs_the_handler_and_sleeps_on(region):
+def _wait_on_zero(form: str, m, timeout=None) -> None:
+    """Sleep on word 0 while it holds 0, through ``Futex.wait`` or a ``FutexWord``."""
+    if form == "Futex.wait":
+        Futex.wait(m, 0, 0, timeout=timeout)
+    else:
+        with Futex.word(m, 0) as word:
+            assert word.wait(0, timeout=timeout) is True
+
+
+@pytest.mark.parametrize("form", ["Futex.wait", "FutexWord"])
+def test_a_signal_during_an_wait_on_zero_runs_the_handler_and_sleeps_on(region, form):
     shm, m = region
     address = m.word_address(0)
 
     def child() -> None:
         signal.signal(signal.SIGUSR1, lambda *_: atomic.fetch_add_u32(m.word_address(_CNT), 1))
-        Futex.wait(m, 0, 0)  # returns only when woken
+        _wait_on_zero(form, m)  # returns only when woken
         struct.pack_into("I", m, _OUT, 1 + (_u32(m, 4) == 1))
 
     pid = fork(child)
@@ -221,9 +232,10 @@ def test_a_signal_during_an_untimed_wait_runs_the_handler_and_sleeps_on(region):
     assert _u32(m, _OUT) == 2
 
 
+@pytest.mark.parametrize("form", ["Futex.wait", "FutexWord"])
 @pytest.mark.parametrize("timeout", [None, 30.0])
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGINT])
-def test_an_exception_from_a_signal_handler_propagates_out_of_wait(region, signum, timeout):
+def test_an_exception_from_a_signal_handler_propagates_out_of_wait(region, signum, timeout, form):
     shm, m = region
     address = m.word_address(0)
 
@@ -242,7 +254,7 @@ def test_an_exception_from_a_signal_handler_propagates_out_of_wait(region, signu
             signal.signal(signum, handler)
             expected = Boom
         try:
-            Futex.wait(m, 0, 0, timeout=timeout)
+            _wait_on_zero(form, m, timeout)
         except expected:
             struct.pack_into("I", m, _OUT, 1)
 
@@ -309,6 +321,7 @@ def test_memory_that_is_not_a_mapping_is_an_invalid_address(thing):
 
 def test_an_unmapped_mapping_is_not_mapped(region):
     shm, m = region
+    assert Futex.wake(m, 0) == 0  # its address is cached now: unmapping must forget it
     m.unmap()
     with pytest.raises(NotMapped):
         Futex.wait(m, 0, 0, timeout=0)
@@ -336,8 +349,10 @@ def test_the_mapping_cannot_be_unmapped_under_a_sleeping_waiter(region):
     t.start()
     started.wait()
     wait_futex_sleep(os.getpid(), address, tid=tid[0])
-    with pytest.raises(ShmError):
+    with pytest.raises(MappingInUse):
         m.unmap()
+    with pytest.raises(BufferError):  # mmap's own close() refuses too
+        m.close()
     assert Futex.wake(m, 0) == 1
     t.join(10)
     assert outcome == [None]

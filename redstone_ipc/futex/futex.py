@@ -48,21 +48,18 @@ __all__ = ["Futex", "FutexWord", "WAKE_ALL"]
 
 _c_void_p = ctypes.c_void_p
 _get_errno = ctypes.get_errno
-_U32_MAX = 0xFFFFFFFF
 
 
 def _checked_address(mapping: Mapping, offset: int) -> ctypes.c_void_p:
     """The word's address as a c_void_p, checked once per (mapping, offset).
 
-    The cache lives on the mapping; a mapping that was unmapped is checked
-    again (and raises NotMapped), so a cached address is never used stale.
+    The cache lives on the mapping, which empties it when it closes: a
+    cached address is never used stale, and the hot path needs no class or
+    ``closed`` check (a foreign object has no cache and lands here).
     """
-    if mapping.__class__ is not Mapping:
-        check_mapping(mapping)
-    addr = mapping.futex_addresses.get(offset)
-    if addr is None or mapping.closed:
-        addr = _c_void_p(mapping.word_address(offset))
-        mapping.futex_addresses[offset] = addr
+    check_mapping(mapping)
+    addr = _c_void_p(mapping.word_address(offset))  # NotMapped, InvalidAddress
+    mapping.futex_addresses[offset] = addr
     return addr
 
 
@@ -92,11 +89,11 @@ class Futex:
         #   (KeyboardInterrupt...) propagates, else the wait resumes with the
         #   time that is left;
         # - the mapping cannot be unmapped while this waits (pinned).
-        if mapping.__class__ is Mapping and not mapping.closed:
-            addr = mapping.futex_addresses.get(offset) or _checked_address(mapping, offset)
-        else:
-            addr = _checked_address(mapping, offset)  # raises the right error
-        if not 0 <= expected <= _U32_MAX:
+        try:
+            addr = mapping.futex_addresses[offset]  # emptied when the mapping closes
+        except (AttributeError, KeyError, TypeError):
+            addr = _checked_address(mapping, offset)  # checks, or raises the right error
+        if not 0 <= expected <= 0xFFFFFFFF:
             raise ValueError(f"expected must be a u32, not {expected!r}")
         sleepers = mapping.futex_sleepers  # unmap() refuses while we sleep
         sleepers.append(None)  # (list append/pop: atomic, cheaper than a memoryview)
@@ -123,23 +120,35 @@ class Futex:
         # Contract: returns the kernel's real count (0 if nobody waited);
         # count == 0 wakes nobody; ValueError if count < 0; InvalidAddress /
         # NotMapped as for wait. Does not write the word: change it first.
-        if mapping.__class__ is Mapping and not mapping.closed:
-            addr = mapping.futex_addresses.get(offset) or _checked_address(mapping, offset)
-        else:
-            addr = _checked_address(mapping, offset)  # raises the right error
-        if count <= 0:
-            if count == 0:
-                return 0  # the kernel would wake one for 0
-            raise ValueError(f"count must be >= 0, not {count}")
-        woken = _syscall(_NR_FUTEX, addr, FUTEX_WAKE, count if count < WAKE_ALL else WAKE_ALL)
-        if woken < 0:
+        try:
+            addr = mapping.futex_addresses[offset]
+        except (AttributeError, KeyError, TypeError):
+            addr = _checked_address(mapping, offset)
+        # As little as possible before the syscall: the other side waits for
+        # it, and across CPUs even small costs here show in the round trip.
+        if 0 < count < 0x7FFFFFFF:  # (WAKE_ALL)
+            woken = _syscall(_NR_FUTEX, addr, 1, count)  # 1: FUTEX_WAKE
+            if woken >= 0:
+                return woken
             raise _error(_get_errno(), addr)
-        return woken
+        return _wake_unusual(addr, count)
 
     @staticmethod
     def word(mapping: Mapping, offset: int) -> FutexWord:
         """A :class:`FutexWord` bound to the u32 at ``offset``: checked once, pinned."""
         return FutexWord(mapping, offset)
+
+
+def _wake_unusual(addr: ctypes.c_void_p, count: int) -> int:
+    """``wake`` for counts off the fast path: 0, negative, WAKE_ALL and above."""
+    if count == 0:
+        return 0  # the kernel would wake one for 0
+    if count < 0:
+        raise ValueError(f"count must be >= 0, not {count}")
+    woken = _syscall(_NR_FUTEX, addr, FUTEX_WAKE, WAKE_ALL)
+    if woken < 0:
+        raise _error(_get_errno(), addr)
+    return woken
 
 
 class FutexWord:
@@ -154,11 +163,12 @@ class FutexWord:
     after close.
     """
 
-    __slots__ = ("_block", "_addr", "__weakref__")
+    __slots__ = ("_block", "_addr", "_value", "__weakref__")
 
     def __init__(self, mapping: Mapping, offset: int) -> None:
         self._block = SharedBlock(mapping, offset, 4, writable=False, owner="a futex word")
         self._addr: ctypes.c_void_p | None = _c_void_p(self._block.address)
+        self._value = self._block.view().cast("I")  # the word, read without ctypes
 
     @property
     def address(self) -> int:
@@ -174,44 +184,54 @@ class FutexWord:
         first, and an exception there costs more than the syscall. True
         means the thread slept and was woken (possibly spuriously: re-check).
         """
+        # After close, _addr is None: the kernel sees NULL and says EFAULT,
+        # turned into NotMapped below. No check on the way in.
+        if timeout is None and 0 <= expected <= 0xFFFFFFFF:
+            if _syscall(_NR_FUTEX, self._addr, 0, expected, None) == 0:  # 0: FUTEX_WAIT
+                return True
+            # Nearly every failure is EAGAIN: the other side moved the word
+            # first. The word itself says so, for less than ctypes.get_errno()
+            # (bench/bench_futex.py: across CPUs, costs this small still
+            # show up in the round trip).
+            if self._addr is not None and self._value[0] != expected:
+                return False  # (after an EINTR too: handlers run on return)
+            err = _get_errno()
+            if err == EAGAIN:
+                return False
+            if err != EINTR:
+                raise self._error(err)
+            _check_signals()  # run handlers; their exceptions propagate
         addr = self._addr
         if addr is None:
             raise NotMapped("the futex word was closed")
-        if not 0 <= expected <= _U32_MAX:
+        if not 0 <= expected <= 0xFFFFFFFF:
             raise ValueError(f"expected must be a u32, not {expected!r}")
         try:
-            if timeout is None:
-                if _syscall(_NR_FUTEX, addr, FUTEX_WAIT, expected, None) != 0:
-                    err = _get_errno()
-                    if err == EAGAIN:
-                        return False
-                    if err != EINTR:
-                        raise _error(err, addr)
-                    _check_signals()
-                    futex_wait(addr, expected, None)
-            else:
-                futex_wait(addr, expected, timeout)
+            futex_wait(addr, expected, timeout)
         except WouldBlock:
             return False
         return True
 
     def wake(self, count: int = 1) -> int:
         """Wake up to ``count`` waiters; the number woken (see :meth:`Futex.wake`)."""
-        addr = self._addr
-        if addr is None:
+        if 0 < count < 0x7FFFFFFF:  # (WAKE_ALL)
+            woken = _syscall(_NR_FUTEX, self._addr, 1, count)  # 1: FUTEX_WAKE
+            if woken >= 0:
+                return woken
+            raise self._error(_get_errno())
+        if self._addr is None:
             raise NotMapped("the futex word was closed")
-        if count <= 0:
-            if count == 0:
-                return 0
-            raise ValueError(f"count must be >= 0, not {count}")
-        woken = _syscall(_NR_FUTEX, addr, FUTEX_WAKE, count if count < WAKE_ALL else WAKE_ALL)
-        if woken < 0:
-            raise _error(_get_errno(), addr)
-        return woken
+        return _wake_unusual(self._addr, count)
+
+    def _error(self, err: int) -> Exception:
+        if self._addr is None:
+            return NotMapped("the futex word was closed")
+        return _error(err, self._addr)
 
     def close(self) -> None:
         """Unpin the mapping; the word is unusable afterwards. Idempotent."""
         self._addr = None
+        self._value.release()
         self._block.close()
 
     def __enter__(self) -> FutexWord:

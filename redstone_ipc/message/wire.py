@@ -53,7 +53,7 @@ _CRED = cmsg.CRED
 _SCM_CREDENTIALS = cmsg.SCM_CREDENTIALS
 _TRUNCATED = cmsg.TRUNCATED
 _new_message = Message.__new__
-_sender = Sender._make
+_tuple_new = tuple.__new__  # Sender(*creds) without namedtuple's Python-level _make
 
 # Largest record a default unix socket carries: SO_SNDBUF (212,992) - 32.
 DEFAULT_MAX_RECORD = 212_960
@@ -204,7 +204,7 @@ def recv_message(
             msg.handles = []
             msg.txid = txid
             msg.priority = priority
-            msg.sender = _sender(_CRED.unpack_from(ancdata[0][2])) if ancdata else None
+            msg.sender = _tuple_new(Sender, _CRED.unpack_from(ancdata[0][2])) if ancdata else None
             return msg
     record = cmsg.make_record(buf, nbytes, ancdata, msg_flags)
     try:

@@ -38,11 +38,11 @@ from typing import Any, NewType
 from ..core.object import HANDLE_TABLE, Handle, KernelObject, ObjectType, Rights
 from ..errors import (
     InvalidAddress,
+    MappingInUse,
     NotMapped,
     OutOfMemory,
     PermissionDenied,
     ProtocolError,
-    ShmError,
 )
 from ..linux import memfd
 from ..mm.page import PAGE_SIZE, frames_of, page_round_up
@@ -202,7 +202,7 @@ class Mapping(mmap.mmap):
 
     It is an ``mmap`` (the buffer protocol, slicing, ``memoryview(m)``,
     ``numpy.frombuffer(m, ...)`` — all without copies). ``unmap()`` (or leaving
-    a ``with`` block) removes it; it refuses, with ShmError, while views of it
+    a ``with`` block) removes it; it refuses, with MappingInUse, while views of it
     are still alive, because unmapping under a view would crash the process.
     """
 
@@ -232,15 +232,22 @@ class Mapping(mmap.mmap):
         """Remove the mapping. NotMapped if already unmapped."""
         if self.closed:
             raise NotMapped("the mapping was already unmapped")
+        self.close()
+
+    def close(self) -> None:
+        """``mmap.close``, made safe: MappingInUse (a BufferError) instead of
+        unmapping memory that a view or a sleeping ``Futex.wait`` still uses.
+        Idempotent."""
         if self.futex_sleepers:
-            raise ShmError("cannot unmap: a thread is waiting on a futex word in it")
+            raise MappingInUse("cannot unmap: a thread is waiting on a futex word in it")
         try:
-            self.close()
+            super().close()
         except BufferError:
-            raise ShmError(
+            raise MappingInUse(
                 "cannot unmap: views of this mapping (memoryview, numpy arrays, "
                 "ctypes objects) are still alive; release them first"
             ) from None
+        self.futex_addresses.clear()  # Futex's cached addresses: stale from now on
 
     def word_address(self, offset: int, size: int = 4) -> int:
         """Address of the ``size``-byte word at ``offset``, checked.
