@@ -25,6 +25,7 @@ lint: $(VENV)/.installed
 	$(PY) -m pyflakes redstone_ipc tests bench examples
 
 bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/run.py
 
 clean:

@@ -484,6 +484,36 @@ def test_close_wakes_senders_blocked_in_other_processes(no_fd_leak):
     client.close()
 
 
+def test_an_exception_from_a_signal_handler_leaves_recv_and_closing_frees_every_fd():
+    class Alarm(Exception):
+        pass
+
+    def child() -> None:
+        before = open_fds()
+        port = Port()
+        channel_end, other_end = Channel.create_pair()
+
+        def ring(signum, frame):
+            raise Alarm()
+
+        signal.signal(signal.SIGALRM, ring)
+        for handle in (port, channel_end):
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            with pytest.raises(Alarm):
+                handle.recv()  # sleeping in poll when the handler raises
+        # Both still work...
+        port.send(Message(1, b"still works"))
+        assert port.recv(timeout=5).payload == b"still works"
+        other_end.send(Message(3))
+        assert channel_end.recv(timeout=5).msg_type == 3
+        # ...and closing them closes everything they opened.
+        for handle in (port, channel_end, other_end):
+            handle.close()
+        assert open_fds() == before, "a recv left by an exception must not keep fds open"
+
+    run_in_child(child)
+
+
 def test_close_discards_queued_messages_and_closes_their_handles(no_fd_leak):
     port = Port()
     client = port.duplicate(SEND_RIGHTS)

@@ -22,6 +22,7 @@ __all__ = [
     "Record",
     "recv_raw",
     "detach",
+    "COPY_LIMIT",
     "make_record",
     "send_record",
     "close_fds",
@@ -59,7 +60,7 @@ class Record:
 
 # Records up to this size are copied out of the reusable receive buffer; a
 # larger one keeps the buffer (no copy) and the next receive makes a new one.
-_COPY_LIMIT = 16 * 1024
+COPY_LIMIT = 16 * 1024
 _buffers = threading.local()  # one receive buffer per thread: no lock needed
 
 
@@ -89,7 +90,7 @@ def detach(buf: memoryview, start: int, stop: int) -> bytes | memoryview:
     Small ranges are copied; a large one takes the buffer itself (no copy)
     and the thread's next receive allocates a new one.
     """
-    if stop - start <= _COPY_LIMIT:
+    if stop - start <= COPY_LIMIT:
         return buf[start:stop].tobytes()
     _buffers.buf = _buffers.slot = None
     return buf[start:stop]

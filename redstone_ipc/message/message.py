@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from ..core.object import Handle, Rights
 from ..errors import MessageTooLarge, ProtocolError
@@ -25,7 +25,7 @@ _HEADER = struct.Struct("<4I")
 _U32_MAX = 0xFFFF_FFFF
 
 
-@dataclass
+@dataclass(slots=True)
 class MessageHeader:
     """The seed's ``#[repr(C)] MessageHeader``: four little-endian u32.
 
@@ -37,7 +37,7 @@ class MessageHeader:
     msg_type: int = 0  # user-defined
     reserved: int = 0  # must be 0 on the wire
 
-    SIZE = _HEADER.size
+    SIZE: ClassVar[int] = _HEADER.size
 
     def __bytes__(self) -> bytes:
         return _HEADER.pack(self.size, self.handle_count, self.msg_type, self.reserved)

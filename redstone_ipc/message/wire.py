@@ -44,12 +44,17 @@ FLAG_PAYLOAD_MEMFD = 0x0001  # the payload travels in a sealed memfd, the last f
 _KNOWN_FLAGS = FLAG_PAYLOAD_MEMFD
 
 _HEAD = struct.Struct("<4I IHHiI")
+# The same 32 bytes for the receive fast path: magic, version and flags as
+# one u64, so that "a v1 record with no flags" is one comparison.
+_HEAD_FAST = struct.Struct("<4I QiI")
 _DESCRIPTOR = struct.Struct("<HHIQ")
 HEAD_SIZE = _HEAD.size  # 32
 DESCRIPTOR_SIZE = _DESCRIPTOR.size  # 16
 _I32 = (-(2**31), 2**31 - 1)
 
 _CRED = cmsg.CRED
+_COPY_LIMIT = cmsg.COPY_LIMIT
+_PLAIN_TAG = MAGIC | VERSION << 32  # flags 0
 _SCM_CREDENTIALS = cmsg.SCM_CREDENTIALS
 _TRUNCATED = cmsg.TRUNCATED
 _new_message = Message.__new__
@@ -189,18 +194,14 @@ def recv_message(
     ):
         # The common case, decided without building a Record: no fds, one
         # credentials message, no handles, an inline payload that fits.
-        size, handle_count, msg_type, reserved, magic, version, wire_flags, priority, txid = (
-            _HEAD.unpack_from(buf)
-        )
-        if (
-            not (handle_count or reserved or wire_flags)
-            and size == nbytes - HEAD_SIZE
-            and magic == MAGIC
-            and version == VERSION
-        ):
+        size, handle_count, msg_type, reserved, tag, priority, txid = _HEAD_FAST.unpack_from(buf)
+        if tag == _PLAIN_TAG and size == nbytes - HEAD_SIZE and not (handle_count or reserved):
             msg = _new_message(Message)
             msg.header = MessageHeader(size, 0, msg_type, 0)
-            msg._payload = cmsg.detach(buf, HEAD_SIZE, nbytes) if size else b""  # type: ignore[assignment]
+            msg._payload = (  # type: ignore[assignment]
+                buf[HEAD_SIZE:nbytes].tobytes() if size <= _COPY_LIMIT  # cmsg.detach, inlined
+                else cmsg.detach(buf, HEAD_SIZE, nbytes)
+            )
             msg.handles = []
             msg.txid = txid
             msg.priority = priority

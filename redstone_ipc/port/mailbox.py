@@ -424,6 +424,10 @@ class Mailbox(KernelObject):
                 False if (timeout is None or timeout > 0) and not (self._heap and not txid)
                 else None
             )
+            if ready is False and not (
+                txid or self._leader or self._closed or self._eof or self._repair_pending
+            ):
+                ready = self._lead_locked(timeout)  # nothing to look at before sleeping
             while True:
                 msg = self._take_locked(ready, txid)
                 if msg is not None:
@@ -457,6 +461,7 @@ class Mailbox(KernelObject):
         self._leader = True
         self._ops += 1
         self._mutex.release()
+        events = None
         try:
             events = poller.poll(None if remaining is None else max(0.0, remaining * 1000.0))
         finally:
@@ -464,23 +469,25 @@ class Mailbox(KernelObject):
             self._leader = False
             if self._followers:
                 self._cond.notify()  # one of them may have to lead now
-        try:
-            if self._closed:
-                return None  # the caller's next look raises; our fds may be going
-            if events == self._only_rx:
-                return True
-            ready: bool | None = False
-            for fd, _ in events:
-                if fd == self._rxfd:
-                    ready = True
-                elif fd == self._kick:
-                    eventfd.drain(self._kick)
-                    ready = None  # woken by another thread: look at everything again
-                else:
-                    self._repair_requested_locked()
-            return ready
-        finally:
-            self._leave_locked()
+            self._ops -= 1
+            if events is None and not self._ops:  # poll raised (a signal handler's exception)
+                self._idle_locked()
+        if events == self._only_rx and not self._closed:
+            return True  # the common case: just the socket (open: nothing due to close)
+        if not self._ops:
+            self._idle_locked()
+        if self._closed:
+            return None  # the caller's next look raises; our fds may be going
+        ready: bool | None = False
+        for fd, _ in events:
+            if fd == self._rxfd:
+                ready = True
+            elif fd == self._kick:
+                eventfd.drain(self._kick)
+                ready = None  # woken by another thread: look at everything again
+            else:
+                self._repair_requested_locked()
+        return ready
 
     def _make_wait_poller_locked(self) -> select.poll:
         self._kick = eventfd.counter()
