@@ -461,21 +461,16 @@ class Mailbox(KernelObject):
         self._leader = True
         self._ops += 1
         self._mutex.release()
-        events = None
         try:
             events = poller.poll(None if remaining is None else max(0.0, remaining * 1000.0))
-        finally:
+        finally:  # also when poll raises: a signal handler's exception (KeyboardInterrupt)
             self._mutex.acquire()
             self._leader = False
             if self._followers:
                 self._cond.notify()  # one of them may have to lead now
-            self._ops -= 1
-            if events is None and not self._ops:  # poll raised (a signal handler's exception)
-                self._idle_locked()
+            self._leave_locked()
         if events == self._only_rx and not self._closed:
-            return True  # the common case: just the socket (open: nothing due to close)
-        if not self._ops:
-            self._idle_locked()
+            return True  # the common case: just the socket
         if self._closed:
             return None  # the caller's next look raises; our fds may be going
         ready: bool | None = False
