@@ -63,6 +63,7 @@ from ..message.message import Message
 from ..port import sizing
 from ..port.handle import MailboxHandle
 from ..port.mailbox import Mailbox, adopt_seqpacket
+from ..sched.lock import relocked
 
 __all__ = ["Channel", "ChannelPair", "ChannelEndpoint", "ENDPOINT_RIGHTS", "DEFAULT_CAPACITY"]
 
@@ -195,7 +196,10 @@ def _start_call(obj: _EndpointObject, msg: Message) -> int:
 
 
 def _end_call(obj: _EndpointObject, txid: int) -> None:
-    with obj._mutex:
+    # In call's finally: a signal handler's exception while this waits for the
+    # mutex must not leave txid pending (its reply would be set aside for ever,
+    # and the endpoint could never move); it is raised once the call is ended.
+    with relocked(obj._mutex):
         obj._pending.discard(txid)
         late = obj._replies.pop(txid, None)
         if late is not None:  # it came after we gave up: an ordinary message now

@@ -106,6 +106,7 @@ from ..errors import (
     TimedOut,
 )
 from ..shm import SharedMemory
+from ..sched.lock import acquire_deferring
 from . import _sigpipe
 from ._turn import Turn, resolve
 
@@ -236,11 +237,17 @@ class _PipeEndObject(KernelObject):
         return self.fd
 
     def _leave(self) -> None:
-        with self._lock:
-            self._users -= 1
-            last = self._closing and self._users <= 0
+        # In the finally of every call: a signal handler's exception while this
+        # waits for the lock must not skip the count (the fd would never be
+        # closed); it is raised once the count is done and the fd closed.
+        deferred = acquire_deferring(self._lock)
+        self._users -= 1
+        last = self._closing and self._users <= 0
+        self._lock.release()
         if last:
             self._close_fds()
+        if deferred is not None:
+            raise deferred
 
     def _destroy(self) -> None:
         with self._lock:

@@ -79,6 +79,7 @@ from ..errors import (
 from ..linux import eventfd
 from ..message.message import Message
 from ..message.wire import recv_message, send_message
+from ..sched.lock import Condition, acquire_deferring, relocked
 from . import credits
 from .credits import WindowLock
 from .sizing import Plan
@@ -161,7 +162,7 @@ class Mailbox(KernelObject):
         self._capacity = capacity
         self._sizes = sizes
         self._mutex = threading.Lock()  # the receiving side and lifecycle
-        self._cond = threading.Condition(self._mutex)
+        self._cond = Condition(self._mutex)  # followers wait here
         self._smutex = threading.Lock()  # one sender of this process at a time
         self._ops = 0  # threads inside calls that use our fds outside the mutex
         self._dead = False  # the last local handle is gone
@@ -353,7 +354,7 @@ class Mailbox(KernelObject):
                     deadline = wake_at if deadline is None else min(deadline, wake_at)
                 events = p.poll(_ms(None if deadline is None else deadline - _now()))
             finally:
-                with self._mutex:
+                with relocked(self._mutex):  # even if a signal handler raises meanwhile
                     self._parked.discard(park)
                     self._leave_locked()
         finally:
@@ -464,11 +465,13 @@ class Mailbox(KernelObject):
         try:
             events = poller.poll(None if remaining is None else max(0.0, remaining * 1000.0))
         finally:  # also when poll raises: a signal handler's exception (KeyboardInterrupt)
-            self._mutex.acquire()
+            deferred = acquire_deferring(self._mutex)  # one may come while we wait for it, too
             self._leader = False
             if self._followers:
                 self._cond.notify()  # one of them may have to lead now
             self._leave_locked()
+            if deferred is not None:
+                raise deferred  # with the mutex held, as the caller expects
         if events == self._only_rx and not self._closed:
             return True  # the common case: just the socket
         if self._closed:
@@ -553,7 +556,7 @@ class Mailbox(KernelObject):
                     if timer is not None:
                         timer.cancel()
             finally:
-                with self._mutex:
+                with relocked(self._mutex):
                     self._async.remove(wake_from_any_thread)
                     self._leave_locked()
         finally:
@@ -793,7 +796,7 @@ class Mailbox(KernelObject):
         """In a forked child: only the forking thread exists; reset what the
         parent's other threads may have held, and stop sharing private fds."""
         self._mutex = threading.Lock()
-        self._cond = threading.Condition(self._mutex)
+        self._cond = Condition(self._mutex)  # followers wait here
         self._leader = False
         self._followers = 0
         self._ops = 0

@@ -27,7 +27,7 @@ import ctypes
 import time
 from typing import Callable, TypeVar
 
-from ..errors import TimedOut, WouldBlock
+from ..errors import NotMapped, TimedOut, WouldBlock
 from ..futex.block import SharedPrimitive, time_left
 from ..linux.atomic import fetch_add_u32, load_u32, store_u32
 from ..linux.futex import WAKE_ALL, futex_wait, futex_wake
@@ -84,8 +84,9 @@ class Condition(SharedPrimitive):
     def wait(self, timeout: float | None = None) -> bool:
         """Release the mutex, sleep until notified, re-acquire; False on timeout."""
         # Contract: the mutex must be held (RuntimeError) and is held again
-        # when this returns or raises. True after a notify (or a spurious
-        # wake-up: callers re-check their predicate, see wait_for), False if
+        # when this returns or raises (a signal handler's exception is raised
+        # once it is held again). True after a notify (or a spurious wake-up:
+        # callers re-check their predicate, see wait_for), False if
         # ``timeout`` ran out.
         seq = self._held()
         fetch_add_u32(self._waiters, 1)
@@ -100,7 +101,7 @@ class Condition(SharedPrimitive):
             notified = False
         finally:
             fetch_add_u32(self._waiters, -1)
-            self.mutex.acquire()
+            _relock(self.mutex)
         return notified
 
     def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
@@ -126,3 +127,24 @@ class Condition(SharedPrimitive):
     def notify_all(self) -> int:
         """Wake every waiter (mutex held); how many woke."""
         return self.notify(WAKE_ALL)
+
+
+def _relock(mutex: Mutex) -> None:
+    """Take ``mutex`` back for ``wait()``, even if a signal handler raises while
+    this sleeps for it: wait() holds the mutex when it raises too (the
+    caller's ``with`` releases it), so the handler's exception is raised
+    only once the mutex is held again."""
+    deferred: BaseException | None = None
+    while True:
+        try:
+            mutex.acquire()
+            break
+        except NotMapped:
+            raise  # closed meanwhile: it cannot be taken back
+        except BaseException as exc:  # a signal handler's (KeyboardInterrupt...)
+            if deferred is None:
+                deferred = exc
+            if mutex.owned():
+                break  # it was raised just after the lock was taken
+    if deferred is not None:
+        raise deferred
