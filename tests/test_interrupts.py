@@ -44,6 +44,7 @@ from redstone_ipc import (
     Mapping,
     Message,
     Mutex,
+    NotMapped,
     PeerClosed,
     Pipe,
     Port,
@@ -878,3 +879,152 @@ def test_futex_waits_interrupted_unpin_the_mapping(timeout):
                 Futex.wait(m, FUTEX, 0, timeout=0.001)
 
     run_in_child(child)
+
+
+# -- the lock helper itself, and what a follower passes on ------------------------------
+
+
+def test_a_handler_raising_just_as_the_lock_is_taken_never_deadlocks_acquire_deferring():
+    """Python runs signal handlers when a call returns, so a handler's exception
+    may come right after ``acquire()`` took the lock. Retrying then would wait
+    on a lock this thread holds. A thread keeps signalling the main thread
+    while it takes and releases a lock in a loop; every round must end, with
+    the lock free, whatever the handler did."""
+    from redstone_ipc.sched.lock import acquire_deferring
+
+    def child() -> None:
+        armed = [False]
+
+        def handler(signum, frame):
+            if armed[0]:
+                armed[0] = False
+                raise Alarm()
+
+        signal.signal(signal.SIGUSR1, handler)
+        main = threading.get_ident()
+        stop = threading.Event()
+
+        def spam() -> None:
+            while not stop.is_set():
+                signal.pthread_kill(main, signal.SIGUSR1)
+
+        lock = threading.Lock()
+        deferred = 0
+        spammer = threading.Thread(target=spam, daemon=True)
+        spammer.start()
+        try:
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                try:
+                    armed[0] = True
+                    got = acquire_deferring(lock)
+                    armed[0] = False
+                    deferred += got is not None
+                    lock.release()
+                except Alarm:  # after acquire_deferring returned (Python's own window)
+                    if lock.locked():
+                        lock.release()
+                assert not lock.locked()
+        finally:
+            stop.set()
+            spammer.join()
+            signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        assert deferred > 0, "no handler ever ran inside acquire_deferring: nothing was tested"
+
+    run_in_child(child, timeout=30)
+
+
+def test_a_follower_that_raises_after_being_told_to_lead_passes_that_on():
+    """The leader leaving poll tells one follower to lead next. If that follower
+    leaves with an exception, another follower must be told instead, or it
+    sleeps while messages wait in the socket."""
+
+    def child() -> None:
+        port = Port()
+        client = port.duplicate(SEND_RIGHTS)
+        obj = port._object
+        got: list[int] = []
+        leader = threading.Thread(target=lambda: got.append(port.recv(timeout=20).msg_type))
+        leader.start()
+        deadline = time.monotonic() + 10
+        while not obj._leader:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        # The main thread follows; its wait raises as soon as it is woken (as a
+        # handler's exception raised while it takes the mutex back would).
+        real_wait = obj._cond.wait
+
+        def woken_then_interrupted(timeout=None):
+            woken = real_wait(timeout)
+            if threading.current_thread() is threading.main_thread():
+                raise Alarm()
+            return woken
+
+        other = threading.Thread(target=lambda: got.append(port.recv(timeout=20).msg_type))
+
+        def second_follower_then_send() -> None:
+            while obj._followers < 1:
+                time.sleep(0.001)
+            other.start()
+            while obj._followers < 2:
+                time.sleep(0.001)
+            client.send(Message(1))  # the leader takes it and wakes one follower
+
+        obj._cond.wait = woken_then_interrupted
+        sender = threading.Thread(target=second_follower_then_send)
+        sender.start()
+        try:
+            # Followers are woken in FIFO order: the main thread, first in line.
+            with pytest.raises(Alarm):
+                port.recv(timeout=20)
+        finally:
+            obj._cond.wait = real_wait
+        sender.join()
+        leader.join()
+        client.send(Message(2))
+        other.join(20)
+        assert not other.is_alive(), "the other follower was never told to lead"
+        assert sorted(got) == [1, 2]
+        assert obj._followers == 0 and not obj._leader
+        client.close()
+        port.close()
+
+    run_in_child(child)
+
+
+def test_a_mapping_closed_while_other_threads_wake_on_it_never_keeps_a_stale_address():
+    """Futex caches a word's address on its mapping; close() empties the cache.
+    A thread that computes an address while another closes the mapping must
+    not leave it behind: afterwards the closed mapping raises NotMapped."""
+
+    def child() -> None:
+        for _ in range(200):
+            shm = SharedMemory.create(PAGE)
+            m = shm.map()
+            go = threading.Event()
+            errors: list[BaseException] = []
+
+            def waker() -> None:
+                go.set()
+                for _ in range(200):
+                    try:
+                        Futex.wake(m, 0)
+                        m.futex_addresses.pop(0, None)  # compute it afresh next time
+                    except NotMapped:
+                        return
+                    except BaseException as e:  # pragma: no cover - reported below
+                        errors.append(e)
+                        return
+
+            t = threading.Thread(target=waker)
+            t.start()
+            go.wait()
+            m.unmap()
+            t.join()
+            assert not errors, errors
+            assert not m.futex_addresses, "a stale address stayed cached"
+            with pytest.raises(NotMapped):
+                Futex.wake(m, 0)
+            shm.close()
+
+    run_in_child(child, timeout=60)

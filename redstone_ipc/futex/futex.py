@@ -40,7 +40,7 @@ from ..linux.futex import (
     _syscall,
     futex_wait,
 )
-from ..errors import NotMapped, WouldBlock
+from ..errors import InvalidAddress, NotMapped, WouldBlock
 from ..shm.shm import Mapping
 from .block import SharedBlock, check_mapping
 
@@ -60,6 +60,9 @@ def _checked_address(mapping: Mapping, offset: int) -> ctypes.c_void_p:
     check_mapping(mapping)
     addr = _c_void_p(mapping.word_address(offset))  # NotMapped, InvalidAddress
     mapping.futex_addresses[offset] = addr
+    if mapping.closed:  # closed by another thread meanwhile: its clear() may have run first
+        mapping.futex_addresses.pop(offset, None)
+        raise NotMapped("the mapping was unmapped")
     return addr
 
 
@@ -108,6 +111,9 @@ class Futex:
                     futex_wait(addr, expected, None)  # then the general loop
             else:
                 futex_wait(addr, expected, timeout)
+        except InvalidAddress:
+            _raise_if_closed(mapping)
+            raise
         finally:
             sleepers.pop()
 
@@ -130,13 +136,26 @@ class Futex:
             woken = _syscall(_NR_FUTEX, addr, 1, count)  # 1: FUTEX_WAKE
             if woken >= 0:
                 return woken
-            raise _error(_get_errno(), addr)
-        return _wake_unusual(addr, count)
+            error = _error(_get_errno(), addr)
+            _raise_if_closed(mapping)
+            raise error
+        try:
+            return _wake_unusual(addr, count)
+        except InvalidAddress:
+            _raise_if_closed(mapping)
+            raise
 
     @staticmethod
     def word(mapping: Mapping, offset: int) -> FutexWord:
         """A :class:`FutexWord` bound to the u32 at ``offset``: checked once, pinned."""
         return FutexWord(mapping, offset)
+
+
+def _raise_if_closed(mapping: Mapping) -> None:
+    """After EFAULT: NotMapped if another thread closed the mapping meanwhile
+    (an address checked a moment ago), rather than InvalidAddress."""
+    if mapping.closed:
+        raise NotMapped("the mapping was unmapped") from None
 
 
 def _wake_unusual(addr: ctypes.c_void_p, count: int) -> int:
@@ -193,8 +212,11 @@ class FutexWord:
             # first. The word itself says so, for less than ctypes.get_errno()
             # (bench/bench_futex.py: across CPUs, costs this small still
             # show up in the round trip).
-            if self._addr is not None and self._value[0] != expected:
-                return False  # (after an EINTR too: handlers run on return)
+            try:
+                if self._value[0] != expected:
+                    return False  # (after an EINTR too: handlers run on return)
+            except ValueError:  # released: closed (now, or by another thread meanwhile)
+                raise NotMapped("the futex word was closed") from None
             err = _get_errno()
             if err == EAGAIN:
                 return False

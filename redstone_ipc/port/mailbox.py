@@ -443,6 +443,11 @@ class Mailbox(KernelObject):
                     self._followers += 1
                     try:
                         self._cond.wait(remaining)
+                    except BaseException:
+                        # We may be the follower told to lead next: pass that on.
+                        if not self._leader and self._followers > 1:
+                            self._cond.notify()
+                        raise
                     finally:
                         self._followers -= 1
                     ready = None

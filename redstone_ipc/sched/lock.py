@@ -17,9 +17,13 @@ exception back, to be raised once the bookkeeping is done;
 from __future__ import annotations
 
 import threading
+from operator import methodcaller
 from types import TracebackType
 
 __all__ = ["acquire_deferring", "relocked", "Condition"]
+
+
+_acquire = methodcaller("acquire")
 
 
 def acquire_deferring(lock: threading.Lock) -> BaseException | None:
@@ -28,14 +32,20 @@ def acquire_deferring(lock: threading.Lock) -> BaseException | None:
     Returns the first exception a handler raised meanwhile (None if none):
     the caller raises it when it is done with the lock.
     """
+    # A handler's exception comes either from inside acquire() (interrupted
+    # while waiting: not taken) or just after it returned (taken): Python
+    # runs handlers when a call returns. ``got`` tells the two apart, because
+    # it is filled in C, by extend, before control is back in Python. A plain
+    # retry would deadlock on a lock this thread already holds.
     deferred: BaseException | None = None
-    while True:
+    got: list[bool] = []
+    while not got:
         try:
-            lock.acquire()
-            return deferred
+            got.extend(map(_acquire, (lock,)))
         except BaseException as exc:  # KeyboardInterrupt, or any handler's
             if deferred is None:
                 deferred = exc
+    return deferred
 
 
 class relocked:

@@ -238,7 +238,8 @@ class Mapping(mmap.mmap):
         """``mmap.close``, made safe: MappingInUse (a BufferError) instead of
         unmapping memory that a view or a sleeping ``Futex.wait`` still uses.
         Idempotent."""
-        if self.futex_sleepers:
+        # (getattr: a Mapping made directly, not by SharedMemory.map(), has neither)
+        if getattr(self, "futex_sleepers", None):
             raise MappingInUse("cannot unmap: a thread is waiting on a futex word in it")
         try:
             super().close()
@@ -247,7 +248,9 @@ class Mapping(mmap.mmap):
                 "cannot unmap: views of this mapping (memoryview, numpy arrays, "
                 "ctypes objects) are still alive; release them first"
             ) from None
-        self.futex_addresses.clear()  # Futex's cached addresses: stale from now on
+        cache = getattr(self, "futex_addresses", None)
+        if cache:
+            cache.clear()  # Futex's cached addresses: stale from now on
 
     def word_address(self, offset: int, size: int = 4) -> int:
         """Address of the ``size``-byte word at ``offset``, checked.
