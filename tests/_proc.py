@@ -97,15 +97,21 @@ def exited(pid: int) -> bool:
     return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
+def blocked_syscall(pid: int, tid: int | None = None) -> list[str]:
+    """What ``/proc/<pid>/task/<tid>/syscall`` says of a thread (the main one
+    by default): ``[nr, arg0, arg1, ...]`` (hex args) while it is blocked in a
+    system call; ``["running"]`` or ``["-1", ...]`` otherwise; [] if it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{tid or pid}/syscall") as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
 def futex_sleeping(pid: int, address: int, tid: int | None = None) -> bool:
     """Whether thread ``tid`` of ``pid`` (its main thread by default) is
     blocked in FUTEX_WAIT on ``address``."""
-    try:
-        with open(f"/proc/{pid}/task/{tid or pid}/syscall") as f:
-            fields = f.read().split()
-    except OSError:
-        return False
-    # "<nr> <arg0> <arg1> ..." while blocked in a syscall; "running" or "-1 ..." otherwise
+    fields = blocked_syscall(pid, tid)
     if len(fields) < 3 or fields[0] != str(FUTEX_NR):
         return False
     return int(fields[1], 16) == address and int(fields[2], 16) & 0x7F == 0  # FUTEX_WAIT

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from _proc import FUTEX_NR, futex_sleeping, wait_futex_sleep
+from _proc import FUTEX_NR, blocked_syscall, futex_sleeping, wait_futex_sleep
 from conftest import fork_child, open_fds, run_in_child, wait_child
 from redstone_ipc import (
     Channel,
@@ -246,9 +246,8 @@ def test_call_interrupted_while_waiting_for_its_reply_leaves_the_late_reply_to_r
 
 def _futex_address(tid: int) -> int | None:
     """The address thread ``tid`` of this process sleeps on in futex(2), if it does."""
-    with open(f"/proc/self/task/{tid}/syscall") as f:
-        fields = f.read().split()
-    return int(fields[1], 16) if fields[0] == str(FUTEX_NR) else None
+    fields = blocked_syscall(os.getpid(), tid)
+    return int(fields[1], 16) if fields and fields[0] == str(FUTEX_NR) else None
 
 
 def _blocked_in_futex(tid: int, checks: int = 20, other_than: int | None = None) -> int:
@@ -587,8 +586,7 @@ def _asleep_in_a_syscall_other_than_futex(tid: int, checks: int = 20) -> None:
     seen = 0
     while seen < checks:
         assert time.monotonic() < deadline, f"thread {tid} never slept in poll"
-        with open(f"/proc/self/task/{tid}/syscall") as f:
-            nr = f.read().split()[0]
+        nr = (blocked_syscall(os.getpid(), tid) or ["-1"])[0]
         seen = seen + 1 if nr not in ("running", "-1", str(FUTEX_NR)) else 0
         time.sleep(0.001)
 

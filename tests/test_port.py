@@ -27,6 +27,7 @@ import time
 
 import pytest
 
+from _proc import blocked_syscall
 from conftest import fork_child, open_fds, run_in_child, wait_child
 from redstone_ipc import (
     Empty,
@@ -60,11 +61,7 @@ _SLEEPING_SYSCALLS = {
 
 def asleep(pid: int, tid: int | None = None) -> bool:
     """Whether the thread is blocked in poll/epoll/futex right now."""
-    try:
-        with open(f"/proc/{pid}/task/{tid or pid}/syscall") as f:
-            fields = f.read().split()
-    except OSError:
-        return False
+    fields = blocked_syscall(pid, tid)
     return bool(fields) and fields[0].isdigit() and int(fields[0]) in _SLEEPING_SYSCALLS
 
 
