@@ -115,6 +115,11 @@ class _EndpointObject(Mailbox):
                 self._tx.shutdown(socket.SHUT_RD)
         except OSError:
             pass
+        if not rights & Rights.RECEIVE:
+            # SHUT_RD stops new records but leaves the queued ones readable
+            # through the fd: nobody may receive them any more, so they go
+            # now (their handles closed) rather than travel with the fd.
+            self._discard_queued()
 
     @classmethod
     def from_transfer(cls, fds: list[int], rights: Rights, extra: int) -> _EndpointObject:

@@ -385,7 +385,7 @@ class Mailbox(KernelObject):
                 remaining = _WINDOW_RETRY if remaining is None else min(remaining, _WINDOW_RETRY)
             await self._await_fds(loop, [(fd, _EPOLLIN if ev == _POLLIN else
                                           _EPOLLOUT if ev == _POLLOUT else 0)
-                                         for fd, ev in fds], remaining)
+                                         for fd, ev in fds], remaining, sending=True)
             if self._dead or self._shut:
                 raise self._closed_error()
             state = self._try_send(msg, priority)
@@ -522,7 +522,11 @@ class Mailbox(KernelObject):
             await self._await_fds(loop, fds, remaining)
 
     async def _await_fds(
-        self, loop: asyncio.AbstractEventLoop, fds: list[tuple[int, int]], remaining: float | None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fds: list[tuple[int, int]],
+        remaining: float | None,
+        sending: bool = False,
     ) -> None:
         """Return when one of ``fds`` is ready, this process changes the queue
         (``_notify_locked``), or ``remaining`` seconds pass.
@@ -547,8 +551,11 @@ class Mailbox(KernelObject):
             for fd, events in fds:
                 ep.register(fd, events)
             with self._mutex:
-                if self._dead or self._closed:
-                    return  # the caller's next attempt raises
+                # The caller's next attempt raises. A sender must not look at
+                # _closed: that is the receiving side, which may have left
+                # this process while sending goes on (returning would spin).
+                if self._dead or (self._shut if sending else self._closed):
+                    return
                 self._ops += 1
                 self._async.append(wake_from_any_thread)
             try:
@@ -617,9 +624,18 @@ class Mailbox(KernelObject):
             except BlockingIOError:
                 return
             except ConnectionResetError:
-                msg = None
+                # The peer closed with records of its own left unread: the
+                # kernel says so once, then hands over what the peer sent
+                # before closing, then end of stream. Keep reading.
+                events = poll(0)
+                ready = events == only_rx or bool(events) and self._readable_locked(events)
+                continue
             if msg is None:
                 self._eof = True
+                # Every waiter of this process must hear it, not just the
+                # one that will lead next: each of them raises the end.
+                if self._leader or self._followers or self._async:
+                    self._notify_locked()
                 return
             txid = msg.txid
             if txid and txid in pending:
@@ -735,6 +751,15 @@ class Mailbox(KernelObject):
                 break
             dropped.append(msg)
         return dropped
+
+    def _discard_queued(self) -> None:
+        """Receive and drop every record still queued on the receiving end
+        (closing the handles they carry), e.g. before the end travels without
+        the receive right."""
+        with self._mutex:
+            dropped = self._discard_locked(drain=True)
+        for msg in dropped:
+            msg.close()
 
     def drop_receive(self) -> None:
         """This process gave up its last receive right (moved or released):
