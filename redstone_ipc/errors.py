@@ -8,11 +8,17 @@ against the standard library keeps working (``except TimeoutError`` catches
 
 from __future__ import annotations
 
+import errno
+import queue
+
 __all__ = [
     "IpcError",
     "PortClosed",
     "QueueFull",
     "Empty",
+    "ReceiveTimedOut",
+    "SendTimedOut",
+    "OutOfFds",
     "InvalidHandle",
     "PermissionDenied",
     "PeerClosed",
@@ -41,12 +47,16 @@ class PortClosed(IpcError):
     """The port was closed (by its receiver, or because the receiver died)."""
 
 
-class QueueFull(IpcError):
-    """The queue holds ``capacity`` messages; the sender would have to wait."""
+class QueueFull(IpcError, queue.Full):
+    """No room for the message and the send may not wait (``timeout=0``).
+
+    Also a ``queue.Full``, so code written for ``queue.Queue`` keeps working.
+    """
 
 
-class Empty(IpcError):
-    """No message is queued (non-blocking receive, or a receive timed out)."""
+class Empty(IpcError, queue.Empty):
+    """No message is queued and the receive may not wait (``try_recv``,
+    ``timeout=0``). Also a ``queue.Empty``."""
 
 
 class InvalidHandle(IpcError, ValueError):
@@ -113,5 +123,32 @@ class WouldBlock(FutexError, BlockingIOError):
 
 
 class TimedOut(FutexError, TimeoutError):
-    """A wait ran out of time."""
+    """A wait ran out of time. Every blocking call of redstone-ipc raises a
+    subclass of it (a ``TimeoutError``) when its ``timeout`` runs out."""
+
+
+class ReceiveTimedOut(TimedOut, Empty):
+    """``recv(timeout=...)`` ran out of time: a TimeoutError, and also an
+    Empty (a ``queue.Empty``) for code that treats it as an empty queue."""
+
+
+class SendTimedOut(TimedOut, QueueFull):
+    """``send(timeout=...)`` found no room in time: a TimeoutError, and also a
+    QueueFull (a ``queue.Full``)."""
+
+
+class OutOfFds(IpcError, OSError):
+    """The process has no free file descriptor (EMFILE) for what arrived.
+
+    Nothing was lost: a message whose handles cannot be received yet stays
+    queued; close fds (or raise RLIMIT_NOFILE) and receive again.
+    """
+
+    def __init__(self, needed: int, what: str = "a queued message's handles") -> None:
+        super().__init__(
+            errno.EMFILE,
+            f"EMFILE: no room for the {needed} fds of {what} (the process is at its "
+            "RLIMIT_NOFILE); close fds or raise the limit, then receive again: "
+            "nothing was lost",
+        )
 

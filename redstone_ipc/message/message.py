@@ -5,24 +5,48 @@ handles: after a successful send they are invalid in the sender (their fds
 closed there) and live in the receiver. To keep access, attach a duplicate:
 ``msg.attach_handle(h.duplicate())``. A failed send (QueueFull, a timeout,
 PeerClosed) leaves every handle valid.
+
+The payload
+-----------
+``msg.payload`` is always a :class:`memoryview` of bytes, whatever the size
+and whichever side you are on: ``bytes(msg.payload)``, ``.tobytes()``,
+slicing, ``len``, comparison with ``bytes`` and ``numpy.frombuffer`` all
+work, without a copy. ``bytes(msg)`` gives the payload as ``bytes``
+(``json.loads(bytes(msg))``).
+
+On a received message the view is read-only. A small payload (up to
+``COPY_LIMIT`` bytes) was copied out of shared memory and stays valid for
+as long as you keep it. A large one, or one the sender loaned (``loan()``),
+is *not* copied: the view reads the sender's shared pages directly, and
+the sender may reuse them as soon as the view is released — when the last
+reference to it (and to anything made from it, such as a numpy array)
+goes, or when ``msg.close()`` drops it. Keep ``bytes(msg.payload)`` if you
+need the data longer than the view.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, Union
 
 from ..core.object import Handle, Rights
 from ..errors import MessageTooLarge, ProtocolError
+from ..transport.loan import Loan
 
-__all__ = ["MessageHeader", "Message", "Sender", "Payload"]
+__all__ = ["MessageHeader", "Message", "Sender", "Payload", "COPY_LIMIT"]
 
-Payload = bytes | bytearray | memoryview
-"""Anything with the buffer protocol; the message keeps it, uncopied."""
+Payload = Union[bytes, bytearray, memoryview, Loan]
+"""What a payload can be made of: anything with the buffer protocol (kept
+as is, not copied), or a :class:`~redstone_ipc.transport.loan.Loan`."""
+
+COPY_LIMIT = 64 * 1024
+"""Received payloads up to this size are copied out of shared memory; larger
+ones (and loans) are zero-copy views of the sender's pages."""
 
 _HEADER = struct.Struct("<4I")
 _U32_MAX = 0xFFFF_FFFF
+_EMPTY = memoryview(b"")
 
 
 @dataclass(slots=True)
@@ -59,23 +83,31 @@ class Sender(NamedTuple):
 
 
 class Message:
-    """An IPC message: ``header`` + ``payload`` + ``handles``.
+    """An IPC message: a type, a payload, handles.
 
-    Received messages also carry ``sender`` (kernel-checked credentials),
-    ``priority`` and ``txid`` (non-zero for ``Channel.call`` transactions).
+    Received messages also carry ``sender`` (kernel-checked credentials of
+    the sending process), ``priority`` and ``txid`` (non-zero for requests
+    made with ``ChannelEndpoint.call`` and their replies).
     """
 
-    __slots__ = ("header", "_payload", "handles", "txid", "priority", "sender")
+    __slots__ = ("msg_type", "_payload", "handles", "txid", "priority", "sender")
+
+    msg_type: int
+    _payload: object
+    handles: list[Handle]
+    txid: int
+    priority: int
+    sender: Sender | None
 
     def __init__(self, msg_type: int = 0, payload: Payload = b"") -> None:
         if not 0 <= msg_type <= _U32_MAX:
             raise ValueError(f"msg_type must be a u32, not {msg_type}")
-        self.header = MessageHeader(msg_type=msg_type)
-        self.handles: list[Handle] = []
+        self.msg_type = msg_type
+        self.handles = []
         self.txid = 0
         self.priority = 0
-        self.sender: Sender | None = None
-        self.payload = payload
+        self.sender = None
+        self.payload = payload  # type: ignore[assignment]
 
     @classmethod
     def new(cls, msg_type: int) -> Message:
@@ -87,22 +119,58 @@ class Message:
         """A message carrying ``data``, which is kept as is, not copied."""
         return cls(msg_type, data)
 
+    @classmethod
+    def _received(
+        cls,
+        msg_type: int,
+        payload: bytes | memoryview,
+        handles: list[Handle],
+        priority: int,
+        txid: int,
+        sender: Sender | None,
+    ) -> Message:
+        """A message as a transport delivers it (fields already checked)."""
+        msg = _new(cls)
+        msg.msg_type = msg_type
+        msg._payload = payload
+        msg.handles = handles
+        msg.txid = txid
+        msg.priority = priority
+        msg.sender = sender
+        return msg
+
+    # -- the payload ---------------------------------------------------------
+
     @property
-    def payload(self) -> Payload:
-        """The payload: the very object given (or, received, a view of the record)."""
-        return self._payload
+    def payload(self) -> memoryview:
+        """The payload as a memoryview of bytes (see the module docstring)."""
+        p = self._payload
+        if p.__class__ is memoryview:
+            return p  # type: ignore[return-value]
+        if p.__class__ is bytes:
+            return memoryview(p)  # type: ignore[arg-type]
+        return _as_view(p)
 
     @payload.setter
     def payload(self, data: Payload) -> None:
-        size = memoryview(data).nbytes
+        size = payload_size(data)
         if size > _U32_MAX:
             raise MessageTooLarge(f"a payload is at most {_U32_MAX} bytes, not {size}")
         self._payload = data
-        self.header.size = size
+
+    def __bytes__(self) -> bytes:
+        """The payload as bytes (no copy when it already is bytes)."""
+        p = self._payload
+        if p.__class__ is bytes:
+            return p  # type: ignore[return-value]
+        return self.payload.tobytes()
 
     @property
-    def msg_type(self) -> int:
-        return self.header.msg_type
+    def header(self) -> MessageHeader:
+        """The seed's header, computed from the message now."""
+        return MessageHeader(payload_size(self._payload), len(self.handles), self.msg_type, 0)
+
+    # -- handles -------------------------------------------------------------
 
     def attach_handle(self, handle: Handle) -> None:
         """Attach ``handle``; it moves to the receiver when the message is sent.
@@ -113,12 +181,23 @@ class Message:
         if any(h is handle for h in self.handles):
             raise ValueError(f"handle {handle.value:#x} is already attached")
         self.handles.append(handle)
-        self.header.handle_count += 1
 
     def close(self) -> None:
-        """Close every attached handle (e.g. of a received message you drop)."""
-        for handle in self.handles:
+        """Close every attached handle and drop the payload.
+
+        For a received message this gives a zero-copy payload's memory back
+        to its sender at once, unless you still hold views made from it.
+        """
+        handles, self.handles = self.handles, []
+        for handle in handles:
             handle.close()
+        p = self._payload
+        self._payload = b""
+        if p.__class__ is memoryview:
+            try:
+                p.release()  # type: ignore[attr-defined]
+            except BufferError:  # views made from it still use it: they decide
+                pass
 
     def __enter__(self) -> Message:
         return self
@@ -128,7 +207,26 @@ class Message:
 
     def __repr__(self) -> str:
         return (
-            f"<Message type={self.header.msg_type} size={self.header.size} "
-            f"handles={self.header.handle_count} txid={self.txid} "
-            f"priority={self.priority}>"
+            f"<Message type={self.msg_type} size={payload_size(self._payload)} "
+            f"handles={len(self.handles)} txid={self.txid} priority={self.priority}>"
         )
+
+
+_new = object.__new__
+
+
+def payload_size(data: object) -> int:
+    """Bytes in a payload (a buffer or a Loan)."""
+    if data.__class__ is bytes:
+        return len(data)  # type: ignore[arg-type]
+    nbytes = getattr(data, "nbytes", None)  # memoryview, Loan, numpy arrays
+    if nbytes is not None:
+        return int(nbytes)
+    return memoryview(data).nbytes  # type: ignore[arg-type]
+
+
+def _as_view(data: object) -> memoryview:
+    if isinstance(data, Loan):
+        return data.view
+    mv = memoryview(data)  # type: ignore[arg-type]
+    return mv if mv.format == "B" and mv.ndim == 1 else mv.cast("B")

@@ -23,10 +23,10 @@ import os
 import socket
 import struct
 
-from ..core.object import HANDLE_TABLE, KernelObject, Rights
+from ..core.object import HANDLE_TABLE, Handle, KernelObject, Rights
 from ..errors import MessageTooLarge, ProtocolError
 from ..linux import cmsg, memfd
-from .message import Message, MessageHeader, Sender
+from .message import Message, Sender
 
 __all__ = [
     "MAGIC",
@@ -36,6 +36,8 @@ __all__ = [
     "DESCRIPTOR_SIZE",
     "send_message",
     "recv_message",
+    "encode_handles",
+    "decode_handles",
 ]
 
 MAGIC = 0x50495352  # b"RSIP" read as a little-endian u32
@@ -57,7 +59,7 @@ _COPY_LIMIT = cmsg.COPY_LIMIT
 _PLAIN_TAG = MAGIC | VERSION << 32  # flags 0
 _SCM_CREDENTIALS = cmsg.SCM_CREDENTIALS
 _TRUNCATED = cmsg.TRUNCATED
-_new_message = Message.__new__
+_received = Message._received
 _tuple_new = tuple.__new__  # Sender(*creds) without namedtuple's Python-level _make
 
 # Largest record a default unix socket carries: SO_SNDBUF (212,992) - 32.
@@ -81,23 +83,18 @@ def send_message(
     none on the receiving side).
     """
     handles = msg.handles
-    header = msg.header
     payload = msg.payload
     # Measured now, not when the payload was attached: a bytearray may have
     # changed size since, and the header must match what is really sent.
-    size = len(payload) if payload.__class__ is bytes else memoryview(payload).nbytes
-    header.size = size
+    size = payload.nbytes
     if not handles and size <= max_record - HEAD_SIZE:
         # The common case: bytes only, inline. One pack, one syscall.
         try:
-            head = _HEAD.pack(
-                size, 0, header.msg_type, header.reserved,
-                MAGIC, VERSION, 0, priority, txid,
-            )
+            head = _HEAD.pack(size, 0, msg.msg_type, 0, MAGIC, VERSION, 0, priority, txid)
         except struct.error:
             raise ValueError(
                 f"priority must fit an i32, txid and msg_type a u32 ({priority}, {txid}, "
-                f"{header.msg_type})"
+                f"{msg.msg_type})"
             ) from None
         sock.sendmsg((head, payload) if size else (head,), (), flags)
         return
@@ -122,33 +119,21 @@ def _send_with_handles(
 ) -> None:
     """The general case of send_message, with the objects pinned."""
     handles = msg.handles
-    header = msg.header
-    descriptors = []
-    fds: list[int] = []
-    for handle, obj in zip(handles, objects):
-        rights = handle.rights
-        obj_fds = obj.transfer_fds(rights)
-        descriptors.append(
-            _DESCRIPTOR.pack(obj.TYPE, len(obj_fds), rights, obj.transfer_extra(rights))
-        )
-        fds.extend(obj_fds)
-    if len(fds) >= cmsg.MAX_FDS:  # one place is kept for an out-of-line payload
-        raise MessageTooLarge(
-            f"the handles need {len(fds)} fds; one message carries at most {cmsg.MAX_FDS - 1}"
-        )
+    payload = msg.payload
+    size = payload.nbytes
+    descriptors, fds = encode_handles(handles, objects, cmsg.MAX_FDS - 1)
     wire_flags = 0
     payload_fd = -1
-    if HEAD_SIZE + DESCRIPTOR_SIZE * len(handles) + header.size > max_record:
-        payload_fd = _payload_memfd(msg.payload, header.size)
+    if HEAD_SIZE + DESCRIPTOR_SIZE * len(handles) + size > max_record:
+        payload_fd = _payload_memfd(payload, size)
         fds.append(payload_fd)
         wire_flags |= FLAG_PAYLOAD_MEMFD
     head = _HEAD.pack(
-        header.size, len(handles), header.msg_type, header.reserved,
-        MAGIC, VERSION, wire_flags, priority, txid,
+        size, len(handles), msg.msg_type, 0, MAGIC, VERSION, wire_flags, priority, txid,
     )
     buffers: list = [head, *descriptors]
-    if not wire_flags and header.size:
-        buffers.append(msg.payload)
+    if not wire_flags and size:
+        buffers.append(payload)
     try:
         for handle, obj in zip(handles, objects):
             obj.prepare_transfer(handle.rights)
@@ -158,6 +143,52 @@ def _send_with_handles(
             os.close(payload_fd)
     for handle in handles:
         handle._moved()
+
+
+def encode_handles(
+    handles: list[Handle], objects: list[KernelObject], max_fds: int
+) -> tuple[list[bytes], list[int]]:
+    """The descriptors and fds that carry ``handles`` (their objects pinned).
+
+    MessageTooLarge if they need more than ``max_fds`` fds.
+    """
+    descriptors = []
+    fds: list[int] = []
+    for handle, obj in zip(handles, objects):
+        rights = handle.rights
+        obj_fds = obj.transfer_fds(rights)
+        descriptors.append(
+            _DESCRIPTOR.pack(obj.TYPE, len(obj_fds), rights, obj.transfer_extra(rights))
+        )
+        fds.extend(obj_fds)
+    if len(fds) > max_fds:
+        raise MessageTooLarge(
+            f"the handles need {len(fds)} fds; one message carries at most {max_fds}"
+        )
+    return descriptors, fds
+
+
+def decode_handles(data: bytes | memoryview, start: int, count: int, fds: list[int]) -> list[Handle]:
+    """Handles from ``count`` descriptors at ``data[start:]`` and their ``fds``.
+
+    Everything is checked before a single handle is made. On success the
+    handles own the fds and ``fds`` is emptied; on error (ProtocolError) the
+    fds are left to the caller to close.
+    """
+    plan = _check_descriptors(data, count, len(fds), start)
+    objects: list[tuple[KernelObject, Rights]] = []
+    position = 0
+    try:
+        for cls, fd_count, rights, extra in plan:
+            objects.append((cls.from_transfer(fds[position : position + fd_count], rights, extra), rights))
+            position += fd_count
+    except BaseException:
+        for obj, _ in objects:
+            obj._destroy()
+        del fds[:position]  # closed by their objects; the rest is the caller's
+        raise
+    fds.clear()
+    return [HANDLE_TABLE.insert(obj, rights) for obj, rights in objects]
 
 
 def _payload_memfd(payload: object, size: int) -> int:
@@ -196,17 +227,13 @@ def recv_message(
         # credentials message, no handles, an inline payload that fits.
         size, handle_count, msg_type, reserved, tag, priority, txid = _HEAD_FAST.unpack_from(buf)
         if tag == _PLAIN_TAG and size == nbytes - HEAD_SIZE and not (handle_count or reserved):
-            msg = _new_message(Message)
-            msg.header = MessageHeader(size, 0, msg_type, 0)
-            msg._payload = (  # type: ignore[assignment]
+            return _received(
+                msg_type,
                 buf[HEAD_SIZE:nbytes].tobytes() if size <= _COPY_LIMIT  # cmsg.detach, inlined
-                else cmsg.detach(buf, HEAD_SIZE, nbytes)
+                else cmsg.detach(buf, HEAD_SIZE, nbytes).toreadonly(),
+                [], priority, txid,
+                _tuple_new(Sender, _CRED.unpack_from(ancdata[0][2])) if ancdata else None,
             )
-            msg.handles = []
-            msg.txid = txid
-            msg.priority = priority
-            msg.sender = _tuple_new(Sender, _CRED.unpack_from(ancdata[0][2])) if ancdata else None
-            return msg
     record = cmsg.make_record(buf, nbytes, ancdata, msg_flags)
     try:
         if not record.data and not record.fds and not record.truncated:
@@ -260,7 +287,7 @@ def _decode(record: cmsg.Record) -> Message:
     elif inline != size:
         raise ProtocolError(f"header size {size} but the record carries {inline} bytes")
     else:
-        payload = memoryview(data)[payload_start:] if size else b""
+        payload = memoryview(data)[payload_start:].toreadonly() if size else b""
 
     # Everything checked: now the objects take their fds, undone on failure.
     objects: list[tuple[KernelObject, Rights]] = []
@@ -274,31 +301,32 @@ def _decode(record: cmsg.Record) -> Message:
             obj._destroy()
         del fds[:position]  # closed by their objects; the rest is the caller's
         if out_of_line and size:
-            payload.close()  # type: ignore[attr-defined]
+            payload.release()  # type: ignore[attr-defined]
         raise
     if out_of_line:
         os.close(fds[-1])
     fds.clear()
-
-    msg = Message.__new__(Message)
-    msg.header = MessageHeader(size, handle_count, msg_type, 0)
-    msg._payload = payload  # type: ignore[assignment]
-    msg.handles = [HANDLE_TABLE.insert(obj, rights) for obj, rights in objects] if objects else []
-    msg.txid = txid
-    msg.priority = priority
-    msg.sender = Sender(*record.creds) if record.creds else None
-    return msg
+    return _received(
+        msg_type,
+        payload,  # type: ignore[arg-type]
+        [HANDLE_TABLE.insert(obj, rights) for obj, rights in objects] if objects else [],
+        priority,
+        txid,
+        Sender(*record.creds) if record.creds else None,
+    )
 
 
 def _check_descriptors(
-    data: bytes | memoryview, handle_count: int, handle_fds: int
+    data: bytes | memoryview, handle_count: int, handle_fds: int, start: int = HEAD_SIZE
 ) -> list[tuple[type[KernelObject], int, Rights, int]]:
     """Parse and check the descriptors: (class, fd_count, rights, extra) each."""
+    if start + DESCRIPTOR_SIZE * handle_count > len(data):
+        raise ProtocolError(f"{handle_count} handle descriptors do not fit the record")
     plan = []
     fds_named = 0
     for i in range(handle_count):
         obj_type, fd_count, rights, extra = _DESCRIPTOR.unpack_from(
-            data, HEAD_SIZE + DESCRIPTOR_SIZE * i
+            data, start + DESCRIPTOR_SIZE * i
         )
         cls = KernelObject.class_for(obj_type)
         if rights & ~cls.ALLOWED_RIGHTS:
@@ -328,7 +356,7 @@ def _map_payload(fd: int, size: int) -> object:
     if size == 0:
         return b""
     try:
-        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ))
     except OSError as e:  # e.g. a write-only fd
         raise ProtocolError(f"the out-of-line payload memfd cannot be mapped: {e.strerror}") from None
 

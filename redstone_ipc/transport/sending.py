@@ -1,0 +1,347 @@
+"""The sending side of a connection: write a slot, publish, ring if asked.
+
+An :class:`Outbound` is made by the sending process (one per port or
+channel endpoint it sends to), announced to the receiver through the door
+(``connect_record``), and from then on used only by that process. It owns
+the ring mapping, its end of the connection socket, the doorbell it writes,
+and its data segments. It is mechanism only: it does not wait, choose or
+retry; ``port.outlet`` does (and holds the lock that makes one thread at a
+time call ``try_send``).
+
+``try_send`` returns one of:
+
+* ``SENT`` — published; the caller then calls ``ring_if_asleep()`` *after*
+  a full fence (releasing its lock is one on x86; ``ordering.full_fence``);
+* ``NO_CREDIT`` — the receiver granted no more room to this connection;
+* ``NO_DATA_ROOM`` — the data segments are full of payloads the receiver
+  has not released yet (views it keeps alive), and no bigger one may be made;
+* ``CLOSED`` — the receiver ended the connection (``closed_reason``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import socket
+
+from ..core.object import HANDLE_TABLE, Handle, KernelObject, Rights
+from ..errors import MessageTooLarge
+from ..linux import cmsg, eventfd, memfd
+from ..linux.atomic import _fetch_add
+from ..linux.memfd import buffer_address
+from ..linux.ordering import TSO, store_u64
+from ..message import wire
+from . import layout as L
+from .loan import Loan
+from .segments import SegmentWriter, segment_size_for
+
+__all__ = ["Outbound", "SENT", "NO_CREDIT", "NO_DATA_ROOM", "CLOSED"]
+
+SENT = 0
+NO_CREDIT = 1
+NO_DATA_ROOM = 2
+CLOSED = 3
+
+_MINUS_ONE = 0xFFFF_FFFF  # -1 as the u32 that libatomic's fetch_add takes
+_SEQ_CST = 5
+_I32 = (-(2**31), 2**31 - 1)
+_c_void_p = ctypes.c_void_p
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+_pack_slot = L.SLOT.pack_into
+_WAKE_RECORD_SIZE = L.RECORD_KIND.size
+
+
+class Outbound:
+    """This process's connection to one receiver (see the module docstring)."""
+
+    __slots__ = (
+        "mm", "nslots", "_mask", "_w", "_q", "_head", "_head_ptr", "_credits", "sock",
+        "_doorbell", "_theirs", "_ring_fd", "_segments", "_current", "_next_segment_id",
+        "__weakref__",
+    )
+
+    def __init__(self, nslots: int) -> None:
+        if nslots & (nslots - 1) or not 1 <= nslots <= L.MAX_SLOTS:
+            raise ValueError(f"nslots must be a power of two up to {L.MAX_SLOTS}, not {nslots}")
+        size = L.ring_size(nslots)
+        fds: list[int] = []
+        mine = theirs = None
+        try:
+            fds.append(memfd.memfd_create("redstone-ring", size))  # size sealed
+            fds.append(eventfd.counter())
+            mine, theirs = cmsg.seqpacket_pair()
+            mm = mmap.mmap(fds[0], size, flags=mmap.MAP_SHARED)
+        except BaseException:
+            cmsg.close_fds(fds)
+            for s in (mine, theirs):
+                if s is not None:
+                    s.close()
+            raise
+        L.CONTROL.pack_into(mm, 0, L.RING_MAGIC, L.VERSION, 0, nslots, L.SLOT_SIZE)
+        self.mm = mm
+        self.nslots = nslots
+        self._mask = nslots - 1
+        self._w = memoryview(mm)[:L.CONTROL_SIZE].cast("I")
+        self._q = memoryview(mm)[:L.CONTROL_SIZE].cast("Q")
+        base = buffer_address(mm)
+        self._head_ptr = _c_void_p(base + L.OFF_HEAD)
+        self._credits = _c_void_p(base + L.OFF_CREDITS)
+        self._head = 0
+        self.sock = mine
+        self._theirs: socket.socket | None = theirs
+        self._ring_fd = fds[0]
+        self._doorbell = fds[1]
+        self._segments: dict[int, SegmentWriter] = {}
+        self._current: SegmentWriter | None = None
+        self._next_segment_id = 1
+
+    # -- connecting ------------------------------------------------------------
+
+    def connect_record(self) -> tuple[bytes, list[int]]:
+        """The CONNECT record for the door, and the fds it carries."""
+        assert self._theirs is not None
+        head = L.DOOR_CONNECT.pack(L.DOOR_MAGIC, L.VERSION, 0, self.nslots, 0)
+        return head, [self._theirs.fileno(), self._ring_fd, self._doorbell]
+
+    def connected(self) -> None:
+        """The CONNECT record went out: drop what only the receiver needs."""
+        if self._theirs is not None:
+            self._theirs.close()
+            self._theirs = None
+        if self._ring_fd >= 0:
+            os.close(self._ring_fd)
+            self._ring_fd = -1
+
+    # -- sending ---------------------------------------------------------------
+
+    def try_send(self, payload: object, msg_type: int, priority: int, txid: int,
+                 handles: list[Handle]) -> int:
+        """Publish one message (see the module docstring for the result)."""
+        w = self._w
+        if w[L.OFF_RX_CLOSED >> 2]:
+            return CLOSED
+        if payload.__class__ is Loan:
+            size = payload.nbytes  # type: ignore[attr-defined]
+        else:
+            view = payload if payload.__class__ is memoryview else memoryview(payload)  # type: ignore[arg-type]
+            size = view.nbytes  # type: ignore[union-attr]
+        if not _I32[0] <= priority <= _I32[1]:
+            raise ValueError(f"priority must fit an i32, not {priority}")
+        credits = self._credits
+        old = _fetch_add(credits, _MINUS_ONE, _SEQ_CST)
+        if not 0 < old < 0x8000_0000:  # it was 0, or negative: no credit
+            _fetch_add(credits, 1, _SEQ_CST)
+            return NO_CREDIT
+        # From here on the credit is ours: publish, or give it back.
+        h = self._head
+        off = L.CONTROL_SIZE + (h & self._mask) * L.SLOT_SIZE
+        mm = self.mm
+        flags = 0
+        segment_id = 0
+        granule = 0
+        try:
+            if payload.__class__ is Loan:
+                segment, offset = self._take_loan(payload)  # type: ignore[arg-type]
+                flags = L.SLOT_DATA | L.SLOT_LOAN
+                segment_id = segment.id
+                granule = offset // L.GRANULE
+            elif size <= L.INLINE_MAX:
+                if size:
+                    start = off + L.SLOT_HEAD
+                    mm[start:start + size] = view if view.format == "B" else view.cast("B")
+            else:
+                placed = self._allocate(size)
+                if placed is None:
+                    _fetch_add(credits, 1, _SEQ_CST)
+                    return NO_DATA_ROOM
+                segment, offset = placed
+                segment.data[offset:offset + size] = view if view.format == "B" else view.cast("B")
+                flags = L.SLOT_DATA
+                segment_id = segment.id
+                granule = offset // L.GRANULE
+            fd_count = 0
+            if handles:
+                fd_count = self._send_handles(handles)  # before the slot is visible
+                flags |= L.SLOT_FDS
+            _pack_slot(mm, off, size, len(handles), msg_type, 0, priority, txid,
+                       flags, fd_count, segment_id, granule)
+        except _Closed:
+            _fetch_add(credits, 1, _SEQ_CST)
+            return CLOSED
+        except BaseException:
+            # Nothing was published; the credit goes back.
+            _fetch_add(credits, 1, _SEQ_CST)
+            raise
+        h += 1
+        self._head = h
+        if TSO:
+            self._q[L.OFF_HEAD >> 3] = h
+        else:
+            store_u64(self._head_ptr, h)
+        if payload.__class__ is Loan:
+            payload.sent = True  # type: ignore[attr-defined]
+        return SENT
+
+    def ring_if_asleep(self) -> None:
+        """After a full fence: write the doorbell if the receiver said it sleeps."""
+        if self._w[L.OFF_RX_STATE >> 2] & L.RX_SLEEPING:
+            os.eventfd_write(self._doorbell, 1)
+
+    def ring(self) -> None:
+        """Write the doorbell (e.g. to ask the receiver for room)."""
+        os.eventfd_write(self._doorbell, 1)
+
+    def _send_handles(self, handles: list[Handle]) -> int:
+        """Send the handles' record; the handles have moved when it returns.
+
+        Raises (with every handle still valid) if the record cannot go out.
+        A record that went out while the slot was not published cannot
+        happen: nothing can fail between the two (the slot is packed right
+        after, in memory we own).
+        """
+        objects: list[KernelObject] = [h._require(Rights.TRANSFER) for h in handles]
+        HANDLE_TABLE.pin(objects)
+        try:
+            descriptors, fds = wire.encode_handles(handles, objects, cmsg.MAX_FDS)
+            for handle, obj in zip(handles, objects):
+                obj.prepare_transfer(handle.rights)
+            record = [L.HANDLES_HEAD.pack(L.REC_HANDLES, len(handles)), *descriptors]
+            try:
+                cmsg.send_record(self.sock, record, fds, _DONTWAIT)
+            except (BrokenPipeError, ConnectionResetError):
+                raise _Closed() from None
+            except OSError as e:
+                if e.errno == 90:  # EMSGSIZE
+                    raise MessageTooLarge(f"the handles' record is too large: {e}") from None
+                raise
+        finally:
+            HANDLE_TABLE.unpin(objects)
+        for handle in handles:
+            handle._moved()
+        return len(fds)
+
+    # -- data segments and loans -------------------------------------------------
+
+    def _allocate(self, size: int) -> tuple[SegmentWriter, int] | None:
+        current = self._current
+        if current is not None and size * 2 <= current.size:
+            offset = current.allocate(size)
+            if offset >= 0:
+                return current, offset
+            return None  # full of unreleased payloads: wait for the receiver
+        if current is not None and current.size >= L.MAX_SEGMENT:
+            if size > current.size:
+                raise MessageTooLarge(f"a payload is at most {L.MAX_SEGMENT} bytes")
+            offset = current.allocate(size)
+            return (current, offset) if offset >= 0 else None
+        segment = self._new_segment(size)
+        if segment is None:
+            return None
+        offset = segment.allocate(size)
+        return (segment, offset) if offset >= 0 else None
+
+    def _new_segment(self, size: int) -> SegmentWriter | None:
+        """A bigger segment for ``size``-byte payloads, announced to the receiver."""
+        self._retire_idle()
+        if len(self._segments) >= L.MAX_SEGMENTS:
+            return None
+        segment = SegmentWriter(
+            self._next_segment_id,
+            segment_size_for(size, self._current.size if self._current else 0),
+        )
+        try:
+            head = L.SEGMENT_RECORD.pack(L.REC_SEGMENT, segment.id)
+            try:
+                cmsg.send_record(self.sock, [head], [segment.fd], _DONTWAIT)
+            except (BrokenPipeError, ConnectionResetError):
+                raise _Closed() from None
+        except BaseException:
+            segment.close()
+            raise
+        os.close(segment.fd)
+        segment.fd = -1
+        self._next_segment_id += 1
+        self._segments[segment.id] = segment
+        self._current = segment
+        return segment
+
+    def _retire_idle(self) -> None:
+        for seg_id, segment in list(self._segments.items()):
+            if segment is not self._current and segment.idle():
+                del self._segments[seg_id]
+                segment.close()  # the receiver keeps its own mapping until it closes
+
+    def loan(self, size: int) -> Loan:
+        """``size`` writable bytes in a data segment (see ``transport.loan``).
+
+        MessageTooLarge above the largest segment; None-like failure (no
+        room until the receiver releases payloads) raises BlockingIOError.
+        """
+        if size <= 0:
+            raise ValueError(f"a loan is at least one byte, not {size}")
+        placed = self._allocate(size)
+        if placed is None:
+            raise BlockingIOError("no room in the data segments until the receiver releases payloads")
+        segment, offset = placed
+        return Loan(segment.data[offset:offset + size], self, segment, offset)
+
+    def _take_loan(self, loan: Loan) -> tuple[SegmentWriter, int]:
+        if loan.owner is not self or loan.segment is None or loan.sent:
+            raise ValueError(
+                "this loan belongs to another connection, was released or was sent already"
+            )
+        return loan.segment, loan.offset
+
+    # -- state -----------------------------------------------------------------
+
+    def closed_reason(self) -> int:
+        """Why the receiver ended the connection (``layout.CLOSED_*``), 0 if open."""
+        return self._w[L.OFF_RX_CLOSED >> 2]
+
+    def set_waiting(self, waiting: bool) -> None:
+        """Say that this sender sleeps for room (the receiver then sends REC_WAKE)."""
+        self._w[L.OFF_TX_STATE >> 2] = L.TX_WAITING if waiting else 0
+
+    def credits(self) -> int:
+        """The credits left (signed), as the word says now."""
+        v = self._w[L.OFF_CREDITS >> 2]
+        return v - (1 << 32) if v & 0x8000_0000 else v
+
+    def drain_wakes(self) -> bool:
+        """Read the WAKE records waiting on the socket; False at hang-up."""
+        sock = self.sock
+        while True:
+            try:
+                data = sock.recv(_WAKE_RECORD_SIZE, _DONTWAIT)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+
+    def close(self) -> None:
+        """Close everything of this connection in this process."""
+        self.sock.close()
+        if self._theirs is not None:
+            self._theirs.close()
+            self._theirs = None
+        if self._ring_fd >= 0:
+            os.close(self._ring_fd)
+            self._ring_fd = -1
+        os.close(self._doorbell)
+        for segment in self._segments.values():
+            segment.close()
+        self._segments.clear()
+        self._current = None
+        self._w.release()
+        self._q.release()
+        try:
+            self.mm.close()
+        except BufferError:  # loans still alive: the mapping goes with them
+            pass
+
+
+class _Closed(Exception):
+    """The connection's socket is gone (raised inside try_send, turned into CLOSED)."""
