@@ -17,12 +17,15 @@ from .errors import (
     MappingInUse,
     MessageTooLarge,
     NotMapped,
+    OutOfFds,
     OutOfMemory,
     PeerClosed,
     PermissionDenied,
     PortClosed,
     ProtocolError,
     QueueFull,
+    ReceiveTimedOut,
+    SendTimedOut,
     ShmError,
     TimedOut,
     WouldBlock,
@@ -36,6 +39,7 @@ from .channel import Channel, ChannelEndpoint, ChannelPair
 from .futex import Futex, FutexWord
 from .sched import WaitQueue
 from .sync import Condition, Event, Mutex, Semaphore
+from .transport.loan import Loan
 
 __version__ = "0.1.0"
 
@@ -59,6 +63,7 @@ __all__ = [
     "InvalidAddress",
     "InvalidHandle",
     "IpcError",
+    "Loan",
     "Mapping",
     "Message",
     "MessageHeader",
@@ -66,6 +71,7 @@ __all__ = [
     "Mutex",
     "NotMapped",
     "MappingInUse",
+    "OutOfFds",
     "ObjectType",
     "OutOfMemory",
     "PeerClosed",
@@ -79,8 +85,10 @@ __all__ = [
     "PortStatus",
     "ProtocolError",
     "QueueFull",
+    "ReceiveTimedOut",
     "Rights",
     "Semaphore",
+    "SendTimedOut",
     "Sender",
     "SharedMemory",
     "ShmError",

@@ -98,3 +98,25 @@ def wait_child(pid: int, timeout: float = 20.0) -> int:
 def run_in_child(body: Callable[[], None], timeout: float = 20.0) -> None:
     """Fork, run ``body`` in the child, and assert it succeeded."""
     assert wait_child(fork_child(body), timeout) == 0, "the child process failed"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def receive_service_running() -> Iterator[None]:
+    """The first receive side a process activates starts its service thread
+    (redstone_ipc.port.service), which keeps an epoll and an eventfd for the
+    life of the process: start it before any test counts fds."""
+    from redstone_ipc import Message, Port
+
+    with Port() as port:
+        port.send(Message(0))
+        port.recv(timeout=5)
+    yield
+
+
+@pytest.fixture
+def spawn_ready() -> None:
+    """multiprocessing's spawn starts a resource tracker once per process, and
+    it keeps a pipe open for good: start it before fds are counted."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()

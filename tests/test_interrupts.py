@@ -113,6 +113,14 @@ def interrupted(*sleeping_in: str, delay: float = DELAY) -> Iterator[None]:
     )
 
 
+def warm_service() -> None:
+    """The receive service (a thread, an epoll, an eventfd) lives as long as the
+    process once started: start it before counting fds."""
+    with Port() as port:
+        port.send(Message(0))
+        port.recv(timeout=5)
+
+
 def u32(m, offset: int) -> int:
     return atomic.load_u32(m.word_address(offset))
 
@@ -123,6 +131,7 @@ def u32(m, offset: int) -> int:
 @pytest.mark.parametrize("timeout", [None, 30.0])
 def test_send_interrupted_while_waiting_for_room_in_a_full_port_frees_every_fd(timeout):
     def child() -> None:
+        warm_service()
         before = open_fds()
         port = Port(capacity=1)
         client = port.duplicate(SEND_RIGHTS)
@@ -147,6 +156,7 @@ def test_send_interrupted_while_waiting_for_room_in_a_full_port_frees_every_fd(t
 @pytest.mark.parametrize("timeout", [None, 30.0])
 def test_port_recv_interrupted_as_a_follower_of_another_threads_poll_frees_every_fd(timeout):
     def child() -> None:
+        warm_service()
         before = open_fds()
         port = Port()
         client = port.duplicate(SEND_RIGHTS)
@@ -160,12 +170,12 @@ def test_port_recv_interrupted_as_a_follower_of_another_threads_poll_frees_every
         thread = threading.Thread(target=leader)
         thread.start()
         deadline = time.monotonic() + 10
-        while not port._object._leader:  # the thread sleeps in poll as the leader
+        while not port._object.receive.inbox.leader:  # the thread sleeps in poll as the leader
             assert time.monotonic() < deadline
             time.sleep(0.001)
         with interrupted("wait"):  # threading.Condition.wait: a follower
             port.recv(timeout=timeout)
-        assert port._object._followers == 0, "the interrupted follower is still counted"
+        assert port._object.receive.inbox.followers == 0, "the interrupted follower is still counted"
         client.send(Message(5))
         thread.join(10)
         assert not thread.is_alive() and [m.msg_type for m in got] == [5]
@@ -181,6 +191,7 @@ def test_port_recv_interrupted_as_a_follower_of_another_threads_poll_frees_every
 @pytest.mark.parametrize("timeout", [None, 30.0])
 def test_channel_recv_interrupted_then_the_peer_process_is_still_heard_and_fds_are_freed(timeout):
     def child() -> None:
+        warm_service()
         before = open_fds()
         mine, theirs = Channel.create_pair()
 
@@ -208,6 +219,7 @@ def test_channel_recv_interrupted_then_the_peer_process_is_still_heard_and_fds_a
 @pytest.mark.parametrize("timeout", [None, 30.0])
 def test_call_interrupted_while_waiting_for_its_reply_leaves_the_late_reply_to_recv(timeout):
     def child() -> None:
+        warm_service()
         before = open_fds()
         client, server_end = Channel.create_pair()
 
@@ -231,8 +243,8 @@ def test_call_interrupted_while_waiting_for_its_reply_leaves_the_late_reply_to_r
         request = Message(1)
         with interrupted("_lead_locked"):
             client.call(request, timeout=timeout)  # sleeps for the reply, which does not come yet
-        obj = client._object
-        assert not obj._pending and not obj._replies  # the call is over
+        inbox = client._object.receive.inbox
+        assert not inbox.pending and not inbox.replies  # the call is over
         client.send(Message(99))
         late = client.recv(timeout=10)  # no longer anyone's reply: an ordinary message
         assert (late.msg_type, late.txid) == (101, request.txid)
@@ -276,10 +288,13 @@ def test_recv_interrupted_while_taking_the_mailbox_lock_back_after_poll_frees_ev
     handler raises while the leader waits for that mutex."""
 
     def child() -> None:
+        warm_service()
         before = open_fds()
         port = Port()
         client = port.duplicate(SEND_RIGHTS)
-        obj = port._object
+        client.send(Message(0))  # connected (connecting takes the inbox's mutex)
+        port.recv(timeout=5)
+        obj = port._object.receive.inbox
         main_tid = threading.get_native_id()
         ring = _ring()
         signal.signal(signal.SIGALRM, ring)
@@ -288,10 +303,10 @@ def test_recv_interrupted_while_taking_the_mailbox_lock_back_after_poll_frees_ev
         def other_thread() -> None:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
             deadline = time.monotonic() + 10
-            while not obj._leader:  # the main thread sleeps in poll
+            while not (obj.leader and obj.ops):  # the main thread sleeps in epoll
                 assert time.monotonic() < deadline
                 time.sleep(0.001)
-            obj._mutex.acquire()
+            obj.mutex.acquire()
             try:
                 client.send(Message(1))  # poll returns; the leader waits for the mutex
                 _blocked_in_futex(main_tid)
@@ -302,7 +317,7 @@ def test_recv_interrupted_while_taking_the_mailbox_lock_back_after_poll_frees_ev
                 time.sleep(0.05)  # the main thread goes on, wherever the exception took it
             finally:
                 try:
-                    obj._mutex.release()
+                    obj.mutex.release()
                 except RuntimeError:  # someone else released our hold of the lock
                     stolen.append(True)
 
@@ -316,8 +331,8 @@ def test_recv_interrupted_while_taking_the_mailbox_lock_back_after_poll_frees_ev
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
         assert len(ring.where) == 1  # it ran once, while the main thread waited for the lock
         assert not stolen, "recv released a mutex held by another thread"
-        assert not obj._leader, "no thread leads any more, yet the mailbox says one does"
-        assert obj._ops == 0, "the interrupted recv is still counted inside a blocking call"
+        assert not obj.leader, "no thread leads any more, yet the inbox says one does"
+        assert obj.ops == 0, "the interrupted recv is still counted inside a blocking call"
         assert port.recv(timeout=5).msg_type == 1
         client.close()
         port.close()
@@ -326,16 +341,18 @@ def test_recv_interrupted_while_taking_the_mailbox_lock_back_after_poll_frees_ev
     run_in_child(child)
 
 
-def test_send_interrupted_while_taking_the_mailbox_lock_back_after_room_frees_every_fd():
-    """A sender sleeps for room in a full port; a receiving thread takes a
-    message (giving its credit back under the mailbox mutex, as recv does),
-    and the handler raises while the sender waits for that mutex."""
+def test_send_interrupted_while_taking_the_outlet_lock_back_after_room_frees_every_fd():
+    """A sender sleeps for room in a full port; another thread of the process
+    holds the outlet's lock (as a sender does for a moment) and takes a
+    message, which gives the sleeper room; the handler raises while the
+    sender waits for that lock."""
 
     def child() -> None:
+        warm_service()
         before = open_fds()
         port = Port(capacity=1)
         client = port.duplicate(SEND_RIGHTS)
-        obj = port._object
+        outlet = port._object.outlet or port._object.get_outlet()
         client.send(Message(1))  # full
         main_tid = threading.get_native_id()
         ring = _ring()
@@ -345,14 +362,12 @@ def test_send_interrupted_while_taking_the_mailbox_lock_back_after_room_frees_ev
         def receiving_thread() -> None:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
             deadline = time.monotonic() + 10
-            while not obj._parked:  # the main thread sleeps for room
+            while not outlet.room_leader:  # the main thread sleeps for room
                 assert time.monotonic() < deadline
                 time.sleep(0.001)
-            with obj._mutex:  # what recv does: take a message, give its credit back
-                msg = obj._take_locked(None, 0)
-                assert msg is not None
-                taken.append(msg)
-                _blocked_in_futex(main_tid)  # the sender woke and waits for the mutex
+            with outlet.lock:
+                taken.append(port.try_recv())  # room: the sleeper wakes...
+                _blocked_in_futex(main_tid)  # ...and waits for the lock we hold
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM)
                 while not ring.where:
                     assert time.monotonic() < deadline
@@ -368,8 +383,7 @@ def test_send_interrupted_while_taking_the_mailbox_lock_back_after_room_frees_ev
             thread.join(20)
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
         assert len(ring.where) == 1 and [m.msg_type for m in taken] == [1]
-        assert not obj._parked, "the closed wake-up eventfd is still listed for close() to write"
-        assert obj._ops == 0, "the interrupted send is still counted inside a blocking call"
+        assert not outlet.room_leader and outlet.waiting == 0, "the interrupted send is still counted"
         client.send(Message(3), timeout=5)
         assert port.recv(timeout=5).msg_type == 3
         client.close()
@@ -385,10 +399,11 @@ def test_recv_interrupted_as_a_follower_while_taking_the_mailbox_lock_back_frees
     raises while the follower waits to take the mutex back."""
 
     def child() -> None:
+        warm_service()
         before = open_fds()
         port = Port()
         client = port.duplicate(SEND_RIGHTS)
-        obj = port._object
+        obj = port._object.receive.inbox
         main_tid = threading.get_native_id()
         ring = _ring()
         signal.signal(signal.SIGALRM, ring)
@@ -402,13 +417,13 @@ def test_recv_interrupted_as_a_follower_while_taking_the_mailbox_lock_back_frees
         def notifier() -> None:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
             deadline = time.monotonic() + 10
-            while not obj._followers:  # the main thread follows the leader
+            while not obj.followers:  # the main thread follows the leader
                 assert time.monotonic() < deadline
                 time.sleep(0.001)
             asleep_on = _blocked_in_futex(main_tid)  # its waiter lock
-            obj._mutex.acquire()
+            obj.mutex.acquire()
             try:
-                obj._cond.notify()
+                obj.cond.notify()
                 _blocked_in_futex(main_tid, other_than=asleep_on)  # now on the mutex
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM)
                 while not ring.where:
@@ -417,14 +432,14 @@ def test_recv_interrupted_as_a_follower_while_taking_the_mailbox_lock_back_frees
                 time.sleep(0.05)
             finally:
                 try:
-                    obj._mutex.release()
+                    obj.mutex.release()
                 except RuntimeError:
                     stolen.append(True)
 
         threads = [threading.Thread(target=leader), threading.Thread(target=notifier)]
         threads[0].start()
         deadline = time.monotonic() + 10
-        while not obj._leader:
+        while not (obj.leader and obj.ops):
             assert time.monotonic() < deadline
             time.sleep(0.001)
         threads[1].start()
@@ -436,7 +451,7 @@ def test_recv_interrupted_as_a_follower_while_taking_the_mailbox_lock_back_frees
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
         assert len(ring.where) == 1
         assert not stolen, "recv released a mutex held by another thread"
-        assert obj._followers == 0
+        assert obj.followers == 0
         client.send(Message(1))
         threads[0].join(10)
         assert [m.msg_type for m in got] == [1]
@@ -457,9 +472,12 @@ def test_call_interrupted_again_while_it_cleans_up_leaves_no_call_pending():
     from ever being transferred."""
 
     def child() -> None:
+        warm_service()
         before = open_fds()
         client, server_end = Channel.create_pair()
         obj = client._object
+        inbox = obj.get_inbox()
+        outlet = obj.get_outlet()
         main_tid = threading.get_native_id()
         rung = SharedMemory.create(PAGE)
         m = rung.map()
@@ -478,11 +496,11 @@ def test_call_interrupted_again_while_it_cleans_up_leaves_no_call_pending():
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
             deadline = time.monotonic() + 10
             try:
-                while not obj._pending:  # the call has started
+                while not inbox.pending:  # the call has started
                     assert time.monotonic() < deadline
                     time.sleep(0.001)
-                sending = _blocked_in_futex(main_tid)  # waits for our send mutex
-                with obj._mutex:
+                sending = _blocked_in_futex(main_tid)  # waits for the outlet lock
+                with inbox.mutex:
                     for rings in (1, 2):
                         if rings == 2:
                             _blocked_in_futex(main_tid, other_than=sending)  # ending the call
@@ -492,9 +510,9 @@ def test_call_interrupted_again_while_it_cleans_up_leaves_no_call_pending():
                             time.sleep(0.001)
                     time.sleep(0.05)
             finally:
-                obj._smutex.release()
+                outlet.lock.release()
 
-        obj._smutex.acquire()  # this thread "sends" until other_thread says otherwise
+        outlet.lock.acquire()  # this thread "sends" until other_thread says otherwise
         thread = threading.Thread(target=other_thread)
         thread.start()
         try:
@@ -504,7 +522,7 @@ def test_call_interrupted_again_while_it_cleans_up_leaves_no_call_pending():
             thread.join(20)
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
         assert u32(m, RUNG) == 2
-        assert not obj._pending, "the interrupted call is still waiting for its reply"
+        assert not inbox.pending, "the interrupted call is still waiting for its reply"
         # The endpoint can move (nothing buffered or pending) and still works there.
         port = Port()
         carrier = Message(7)
@@ -940,17 +958,17 @@ def test_a_follower_that_raises_after_being_told_to_lead_passes_that_on():
     def child() -> None:
         port = Port()
         client = port.duplicate(SEND_RIGHTS)
-        obj = port._object
+        obj = port._object.receive.inbox
         got: list[int] = []
         leader = threading.Thread(target=lambda: got.append(port.recv(timeout=20).msg_type))
         leader.start()
         deadline = time.monotonic() + 10
-        while not obj._leader:
+        while not (obj.leader and obj.ops):
             assert time.monotonic() < deadline
             time.sleep(0.001)
         # The main thread follows; its wait raises as soon as it is woken (as a
         # handler's exception raised while it takes the mutex back would).
-        real_wait = obj._cond.wait
+        real_wait = obj.cond.wait
 
         def woken_then_interrupted(timeout=None):
             woken = real_wait(timeout)
@@ -961,14 +979,14 @@ def test_a_follower_that_raises_after_being_told_to_lead_passes_that_on():
         other = threading.Thread(target=lambda: got.append(port.recv(timeout=20).msg_type))
 
         def second_follower_then_send() -> None:
-            while obj._followers < 1:
+            while obj.followers < 1:
                 time.sleep(0.001)
             other.start()
-            while obj._followers < 2:
+            while obj.followers < 2:
                 time.sleep(0.001)
             client.send(Message(1))  # the leader takes it and wakes one follower
 
-        obj._cond.wait = woken_then_interrupted
+        obj.cond.wait = woken_then_interrupted
         sender = threading.Thread(target=second_follower_then_send)
         sender.start()
         try:
@@ -976,14 +994,14 @@ def test_a_follower_that_raises_after_being_told_to_lead_passes_that_on():
             with pytest.raises(Alarm):
                 port.recv(timeout=20)
         finally:
-            obj._cond.wait = real_wait
+            obj.cond.wait = real_wait
         sender.join()
         leader.join()
         client.send(Message(2))
         other.join(20)
         assert not other.is_alive(), "the other follower was never told to lead"
         assert sorted(got) == [1, 2]
-        assert obj._followers == 0 and not obj._leader
+        assert obj.followers == 0 and not obj.leader
         client.close()
         port.close()
 

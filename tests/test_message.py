@@ -40,7 +40,7 @@ def test_new_message_is_empty():
 def test_with_data_keeps_the_callers_buffer_uncopied():
     data = bytearray(b"frame bytes")
     msg = Message.with_data(7, data)
-    assert msg.payload is data
+    assert msg.payload.obj is data, "a view of the very buffer given"
     assert msg.header.size == len(data) and msg.header.msg_type == 7
 
 

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import signal
 import socket
 import stat
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
@@ -29,7 +25,6 @@ from redstone_ipc import (
     PeerClosed,
     Port,
     PortClosed,
-    QueueFull,
     Rights,
     SharedMemory,
 )
@@ -266,15 +261,6 @@ def _spawned_got_it(ep, out, secret) -> None:  # a fresh interpreter
     ep.send(Message(9))
 
 
-@pytest.fixture
-def spawn_ready() -> None:
-    """multiprocessing's spawn starts a resource tracker once per process, and
-    it keeps a pipe open for good: start it before fds are counted."""
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()
-
-
 @pytest.mark.parametrize("route", ["message", "pickle"])
 def test_a_send_only_endpoint_in_another_process_cannot_read_what_was_queued(
     spawn_ready, no_fd_leak, route
@@ -295,28 +281,40 @@ def test_a_send_only_endpoint_in_another_process_cannot_read_what_was_queued(
 
 
 @pytest.mark.parametrize("how", ["released", "moved"])
-def test_send_async_waiting_for_room_sleeps_after_the_receive_right_left(no_fd_leak, how):
+def test_send_async_waiting_for_room_sleeps_after_the_receive_right_left(spawn_ready, no_fd_leak, how):
+    import multiprocessing
+
     port = Port(capacity=1)
     client = port.duplicate(SEND_RIGHTS)
+    child = None
     if how == "released":
-        pid = fork_child(lambda: (client.close(), signal.pause()))  # it keeps RECEIVE
+        # A copy of the RECEIVE handle goes to a fresh interpreter, which takes
+        # over receiving once this process has released its own.
+        ctx = multiprocessing.get_context("spawn")
+        ready_r, ready_w = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_receive_then_idle, args=(port, ready_w))
+        child.start()
+        ready_w.close()
         port.release()
+        client.send(Message(0, b"hello"), timeout=20)
+        assert ready_r.recv() == "received"  # it owns the receive side now
+        ready_r.close()
     else:
-        carrier = Port()
-        to_carrier = carrier.duplicate(SEND_RIGHTS)
+        to_child, in_child = Channel.create_pair()
 
         def receiver() -> None:
             client.close()
-            port.release()  # inherited: not the one it receives with
-            (mine,) = carrier.recv(timeout=10).handles
+            to_child.close()
+            port.release()  # inherited copy: the receive side stays with the parent
+            (mine,) = in_child.recv(timeout=10).handles
             signal.pause()
 
         pid = fork_child(receiver)
-        carrier.release()
+        in_child.close()
         msg = Message(1)
         msg.attach_handle(port)
-        to_carrier.send(msg)
-        to_carrier.close()
+        to_child.send(msg)
+        to_child.close()
     client.send(Message(1))  # the port is full now
 
     async def main() -> tuple[int, float, object]:
@@ -345,6 +343,25 @@ def test_send_async_waiting_for_room_sleeps_after_the_receive_right_left(no_fd_l
     assert isinstance(outcome, asyncio.TimeoutError), outcome
     assert ticks >= 15, f"the other task ran {ticks} times in 0.5 s: the loop was blocked"
     assert cpu < 0.25, f"waiting used {cpu:.2f} s of CPU in 0.5 s"
-    os.kill(pid, signal.SIGKILL)
-    wait_child(pid)
+    if child is not None:
+        child.kill()
+        child.join(10)
+        child.close()
+    else:
+        os.kill(pid, signal.SIGKILL)
+        wait_child(pid)
     client.close()
+
+
+def _receive_then_idle(port: Port, ready) -> None:  # a fresh interpreter
+    deadline = time.monotonic() + 20
+    while True:  # the parent lets go of the receive side soon
+        try:
+            port.recv(timeout=1)
+            break
+        except Exception:  # noqa: BLE001 - InvalidHandle until it has let go
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    ready.send("received")
+    time.sleep(60)

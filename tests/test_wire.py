@@ -148,7 +148,7 @@ def test_a_payload_above_the_record_limit_travels_in_a_sealed_memfd(pair, no_fd_
     assert view.readonly, "the receiver maps the payload read-only, without a copy"
     assert view == big
     view.release()
-    msg.payload.close()
+    msg.close()
 
 
 def test_a_failed_send_keeps_every_handle(pair, no_fd_leak):

@@ -1,51 +1,48 @@
 """Channels (seed 4.3): two connected endpoints, each a port to the other.
 
 >>> a, b = Channel.create_pair(capacity=16)     # a ChannelPair
->>> a.send(Message(1, b"ping"))                 # timeout=0: QueueFull when full
->>> b.recv().payload
+>>> a.send(Message(1, b"ping"))
+>>> bytes(b.recv())
 b'ping'
 
-The seed's ``Channel::create_pair`` is ``unimplemented!()`` and its endpoints
-hold raw pointers to two ports; here a channel is one ``AF_UNIX
-SOCK_SEQPACKET`` socketpair, one end per endpoint, and each direction has its
-own capacity (an ``EFD_SEMAPHORE`` eventfd of credits: the sender takes, the
-receiving endpoint gives back). Send, ``try_recv`` and ``recv`` behave as on a
-port: priorities, FIFO within a priority, kernel-checked ``msg.sender``,
-payloads above ``max_record`` carried out of line in a sealed memfd.
+The seed's ``Channel`` is "a pair of ports" and that is what it is here:
+each endpoint receives on a door of its own (an inbox, as a port's) and
+sends through the other's. Everything a port does holds in each direction:
+shared-memory rings with no system call while both sides are awake,
+priorities, capacity per direction, kernel-checked ``msg.sender``.
 
 1:1
     Endpoints are transferable (attach one to a message: it moves) but not
-    duplicable: DUPLICATE is never granted. Across ``fork`` the child inherits
-    both endpoints, like a pipe: each process should close the one it does
-    not use, or the other side will never see it go.
+    duplicable: DUPLICATE is never granted. Across ``fork`` the child
+    inherits both endpoints, like a pipe: each process should close the one
+    it does not use, or the other side will never see it go. An endpoint's
+    receive side belongs to the first process that receives on it (or
+    sends to it from the same process): so create the pair, fork, and let
+    each process use its own endpoint.
+
+Rights are the kernel's to enforce
+    An endpoint moved without SEND carries no fd of the other endpoint's
+    door: it cannot send, by any route. One moved without RECEIVE carries
+    no fd of its own door nor its queue: it cannot read what was queued for
+    it (those messages stay with the process that moved it, which drops
+    them).
 
 Closing
     When the last handle to an endpoint goes in every process — closed, or
     its process killed — the other endpoint first receives what was already
-    queued, then gets PeerClosed; sending to it raises PeerClosed at once,
-    and a sender sleeping for room wakes with PeerClosed (POLLHUP). A thread
-    of *this* process blocked on an endpoint that this process closes wakes
-    with InvalidHandle.
+    queued, then gets PeerClosed; sending to it raises PeerClosed, and a
+    sender waiting for room wakes with PeerClosed. A thread of *this*
+    process blocked on an endpoint that this process closes wakes with
+    InvalidHandle.
 
 Transactions (``call``)
     Zircon's ``channel_call``: ``call(msg)`` stamps ``msg.txid`` with a fresh
-    id (a per-process counter, never 0), sends it and waits for the message
-    whose ``txid`` is the same: the server answers by sending a message with
-    ``reply.txid = request.txid`` (echoing the request object works too).
-    Replies are set aside for their caller as they are drained from the
-    socket, so concurrent ``recv`` calls (other threads, coroutines) never
-    take them, while every other message, including late replies to calls
-    that timed out, stays queued for ``recv``. A call times out with
-    TimedOut; QueueFull if there was no room to send the request in time.
-
-Rights (default for a new endpoint): SEND | RECEIVE | TRANSFER | WAIT.
-Within a process the API enforces them. When an endpoint is transferred
-with SEND or RECEIVE removed (``ep.replace(...)`` first), its socket is shut
-down in that direction before it leaves, so the kernel enforces the missing
-right from then on (and the peer sees that direction end).
-
-Channels have no crash repair of credits (``port/credits.py``): a direction
-has exactly one sending endpoint, and a killed sender closes the channel.
+    id, sends it and waits for the message with the same ``txid``. The
+    server answers with ``reply(request, answer)`` (which copies the txid).
+    Replies are set aside for their caller as they are read, so concurrent
+    ``recv`` calls never take them; every other message, including late
+    replies to calls that timed out, stays queued for ``recv``. A call
+    raises TimedOut (a TimeoutError) when its timeout runs out.
 """
 
 from __future__ import annotations
@@ -57,13 +54,14 @@ from time import monotonic as _now
 from typing import NamedTuple
 
 from ..core.object import HANDLE_TABLE, ObjectType, Rights
-from ..errors import PeerClosed, ProtocolError, TimedOut
-from ..linux import cmsg, eventfd
+from ..errors import InvalidHandle, PeerClosed, ProtocolError, TimedOut
+from ..linux import cmsg
 from ..message.message import Message
-from ..port import sizing
-from ..port.handle import MailboxHandle
-from ..port.mailbox import Mailbox, adopt_seqpacket
+from ..port.handle import Mailbox, MailboxHandle
+from ..port.owner import ReceiveSide, new_lock
+from ..port.port import adopt_seqpacket, check_capacity, lock_valid, shut_for_reading
 from ..sched.lock import relocked
+from ..transport import layout as L
 
 __all__ = ["Channel", "ChannelPair", "ChannelEndpoint", "ENDPOINT_RIGHTS", "DEFAULT_CAPACITY"]
 
@@ -86,56 +84,78 @@ class _EndpointObject(Mailbox):
     TYPE = ObjectType.CHANNEL
     DEFAULT_RIGHTS = ENDPOINT_RIGHTS
     ALLOWED_RIGHTS = ENDPOINT_RIGHTS
-    _gone_exc = PeerClosed
-    _gone_text = "the other endpoint of the channel is closed"
+    gone = PeerClosed
+    gone_text = "the other endpoint of the channel is closed"
 
     @classmethod
-    def _make(cls, sock: socket.socket, out_fd: int, in_fd: int, capacity: int,
-              sizes: sizing.Plan) -> _EndpointObject:
+    def _make(cls, capacity: int, peer_door: socket.socket | None,
+              receive: ReceiveSide | None, door_key: int) -> _EndpointObject:
         obj = cls.__new__(cls)
-        obj._init_mailbox(
-            tx=sock, out_fd=out_fd, capacity=capacity, sizes=sizes, rx=sock, in_fd=in_fd
-        )
+        obj._init_mailbox(capacity, peer_door, L.slot_count(capacity), receive, door_key)
         return obj
 
-    # -- transfer: the socket end, then the credits it takes, then those it gives --
+    # -- transfer: with SEND the peer's door, with RECEIVE our own door's
+    # receiving end and its owner lock --
 
     def transfer_fds(self, rights: Rights) -> list[int]:
-        return [self._txfd, self._out, self._in]
+        fds = []
+        if rights & Rights.SEND:
+            if self.send_door is None:
+                raise InvalidHandle("this endpoint holds no way to send")
+            fds.append(self.send_door.fileno())
+        if rights & Rights.RECEIVE:
+            receive = self.receive
+            if receive is None or receive.lock_fd < 0:
+                raise InvalidHandle("this process holds no receive side of the endpoint")
+            fds += [receive.door.fileno(), receive.lock_fd]
+        return fds
 
     def transfer_extra(self, rights: Rights) -> int:
-        return self._capacity | self._max_record << 32
+        return self.capacity | self.door_key << 32
 
     def prepare_transfer(self, rights: Rights) -> None:
-        self._refuse_transfer_if_buffered()
-        try:  # let the kernel enforce a right the moving handle does not hold
-            if not rights & Rights.SEND:
-                self._tx.shutdown(socket.SHUT_WR)
-            if not rights & Rights.RECEIVE:
-                self._tx.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass
-        if not rights & Rights.RECEIVE:
-            # SHUT_RD stops new records but leaves the queued ones readable
-            # through the fd: nobody may receive them any more, so they go
-            # now (their handles closed) rather than travel with the fd.
-            self._discard_queued()
+        if rights & Rights.RECEIVE and self.receive is not None:
+            self.receive.check_can_leave()
 
     @classmethod
     def from_transfer(cls, fds: list[int], rights: Rights, extra: int) -> _EndpointObject:
-        if len(fds) != 3:
-            raise ProtocolError(f"a channel endpoint carries 3 fds, got {len(fds)}")
-        capacity, max_record = extra & _U32, extra >> 32
-        if capacity < 1 or max_record not in sizing.CANDIDATES:
-            raise ProtocolError(
-                f"bad channel sizes: capacity {capacity}, max_record {max_record}"
-            )
-        sock_fd, out_fd, in_fd = fds
-        if not (eventfd.adopt(out_fd) and eventfd.adopt(in_fd)):
-            raise ProtocolError("a channel endpoint arrived without its two eventfds")
-        sock = adopt_seqpacket(sock_fd, "a channel endpoint")
-        sizes = sizing.Plan(max_record, 0, max(max_record, sizing.RECV_FLOOR))
-        return cls._make(sock, out_fd, in_fd, capacity, sizes)
+        send = bool(rights & Rights.SEND)
+        receive = bool(rights & Rights.RECEIVE)
+        if len(fds) != send + 2 * receive:
+            raise ProtocolError(f"a channel endpoint with these rights carries {send + 2 * receive} fds, got {len(fds)}")
+        capacity, door_key = extra & _U32, extra >> 32
+        if not 1 <= capacity <= 1 << 20:
+            raise ProtocolError(f"bad channel capacity {capacity}")
+        if receive and not lock_valid(fds[send + 1]):
+            raise ProtocolError("a channel endpoint arrived without its owner lock")
+        peer_door = rx = None
+        try:
+            if send:
+                peer_door = adopt_seqpacket(fds[0], "a channel endpoint's way to its peer")
+                if not shut_for_reading(fds[0]):
+                    raise ProtocolError("a channel endpoint's sending door arrived able to receive")
+            if receive:
+                rx = adopt_seqpacket(fds[send], "a channel endpoint's door")
+        except BaseException:
+            for s in (peer_door, rx):
+                if s is not None:
+                    s.detach()
+            raise
+        side = (
+            ReceiveSide(rx, fds[send + 1], capacity, PeerClosed, cls.gone_text) if rx else None
+        )
+        return cls._make(capacity, peer_door, side, door_key)
+
+    def _destroy(self) -> None:
+        if self.outlet is not None:
+            self.outlet.close()  # our connection to the peer hangs up
+        if self.send_door is not None:
+            self.send_door.close()  # with the last copy, the peer sees the end
+        receive = self.receive
+        if receive is not None:
+            for msg in receive.give_up():
+                msg.close()
+            receive.close()
 
 
 class ChannelEndpoint(MailboxHandle):
@@ -144,12 +164,12 @@ class ChannelEndpoint(MailboxHandle):
     Every method checks the handle first (InvalidHandle if it was closed or
     moved away; PermissionDenied without SEND or RECEIVE as needed).
 
-    ``capacity``, ``max_record``, ``send``, ``send_async``, ``try_recv``,
-    ``recv`` and ``recv_async`` come from :class:`MailboxHandle`. On a
-    channel, ``capacity`` bounds each direction, ``msg.txid`` travels with
-    the message, and "the other side is gone" is PeerClosed: sending to a
-    closed peer raises it at once, receiving raises it once everything the
-    peer queued has been received.
+    ``capacity``, ``send``, ``send_async``, ``loan``, ``try_recv``, ``recv``
+    and ``recv_async`` come from :class:`MailboxHandle`. On a channel,
+    ``capacity`` bounds each direction, ``msg.txid`` travels with the
+    message, and "the other side is gone" is PeerClosed: sending to a
+    closed peer raises it, receiving raises it once everything the peer
+    queued has been received.
     """
 
     __slots__ = ()
@@ -158,57 +178,79 @@ class ChannelEndpoint(MailboxHandle):
     def peer_closed(self) -> bool:
         """Whether the other endpoint is gone (queued messages may still be read)."""
         obj: _EndpointObject = self._live()
-        return obj._peer_gone()
+        door = obj.send_door
+        if door is None:
+            return False
+        import select
+
+        p = select.poll()
+        p.register(door.fileno(), 0)
+        events = p.poll(0)
+        return bool(events and events[0][1] & select.POLLHUP)
 
     # -- transactions ---------------------------------------------------------------
 
     def call(self, msg: Message, timeout: float | None = None) -> Message:
         """Send ``msg`` as a request and return the reply carrying its txid.
 
-        Needs SEND and RECEIVE. ``timeout`` bounds the whole call: QueueFull
+        Needs SEND and RECEIVE. ``timeout`` bounds the whole call: SendTimedOut
         if the request could not be queued in time, TimedOut if the reply did
         not come; PeerClosed if the peer went away without replying.
         """
         obj: _EndpointObject = self._require(_CALL)
-        txid = _start_call(obj, msg)
+        inbox = obj.get_inbox()
+        txid = _start_call(inbox, msg)
         try:
             deadline = None if timeout is None else _now() + timeout
-            obj.send(msg, 0, timeout)
+            obj.get_outlet().send(msg, 0, timeout, self)
             remaining = None if deadline is None else max(0.0, deadline - _now())
-            return obj.recv(remaining, txid, TimedOut)
+            return inbox.recv(remaining, txid, TimedOut)
         finally:
-            _end_call(obj, txid)
+            _end_call(inbox, txid)
 
     async def call_async(self, msg: Message, timeout: float | None = None) -> Message:
         """``call`` for asyncio."""
         obj: _EndpointObject = self._require(_CALL)
-        txid = _start_call(obj, msg)
+        inbox = obj.get_inbox()
+        txid = _start_call(inbox, msg)
         try:
             deadline = None if timeout is None else _now() + timeout
-            await obj.send_async(msg, 0, timeout)
+            await obj.get_outlet().send_async(msg, 0, timeout, self)
             remaining = None if deadline is None else max(0.0, deadline - _now())
-            return await obj.recv_async(remaining, txid, TimedOut)
+            return await inbox.recv_async(remaining, txid, TimedOut)
         finally:
-            _end_call(obj, txid)
+            _end_call(inbox, txid)
+
+    def reply(self, request: Message, answer: Message, *, timeout: float | None = None) -> None:
+        """Send ``answer`` as the reply to ``request`` (a received ``call``):
+        it carries the request's txid, so the caller's ``call`` returns it."""
+        answer.txid = request.txid
+        self.send(answer, timeout=timeout)
+
+    async def reply_async(self, request: Message, answer: Message, *,
+                          timeout: float | None = None) -> None:
+        """``reply`` for asyncio."""
+        answer.txid = request.txid
+        await self.send_async(answer, timeout=timeout)
 
 
-def _start_call(obj: _EndpointObject, msg: Message) -> int:
+def _start_call(inbox: object, msg: Message) -> int:
     txid = _next_txid()
-    with obj._mutex:
-        obj._pending.add(txid)  # before sending: the reply must never reach the heap
+    with inbox.mutex:  # type: ignore[attr-defined]
+        inbox.pending.add(txid)  # type: ignore[attr-defined]  # before sending: the reply must never reach the queue
     msg.txid = txid
     return txid
 
 
-def _end_call(obj: _EndpointObject, txid: int) -> None:
+def _end_call(inbox: object, txid: int) -> None:
     # In call's finally: a signal handler's exception while this waits for the
-    # mutex must not leave txid pending (its reply would be set aside for ever,
-    # and the endpoint could never move); it is raised once the call is ended.
-    with relocked(obj._mutex):
-        obj._pending.discard(txid)
-        late = obj._replies.pop(txid, None)
+    # mutex must not leave txid pending (its reply would be set aside for ever);
+    # it is raised once the call is ended.
+    with relocked(inbox.mutex):  # type: ignore[attr-defined]
+        inbox.pending.discard(txid)  # type: ignore[attr-defined]
+        late = inbox.replies.pop(txid, None)  # type: ignore[attr-defined]
         if late is not None:  # it came after we gave up: an ordinary message now
-            obj._requeue_locked(late)
+            inbox.queue.put(late[0].priority, late)  # type: ignore[attr-defined]
 
 
 _EndpointObject.HANDLE_CLASS = ChannelEndpoint
@@ -227,23 +269,26 @@ class Channel:
     @staticmethod
     def create_pair(capacity: int = DEFAULT_CAPACITY) -> ChannelPair:
         """Two connected endpoints; each direction queues at most ``capacity`` messages."""
-        sizes = sizing.plan(capacity)  # ValueError for a bad capacity
-        a, b = cmsg.seqpacket_pair()
-        fds: list[int] = []
+        check_capacity(capacity)
+        socks: list[socket.socket] = []
+        locks: list[int] = []
         try:
-            for s in (a, b):
-                sizing.apply(s, sizes)
-            fds.append(eventfd.semaphore(capacity))  # room for a -> b
-            fds.append(eventfd.semaphore(capacity))  # room for b -> a
-            fds.append(os.dup(fds[1]))  # each endpoint owns its fds: b's copies
-            fds.append(os.dup(fds[0]))
+            for _ in range(2):
+                rx, tx = cmsg.seqpacket_pair()
+                socks += [rx, tx]
+                tx.shutdown(socket.SHUT_RD)
+                tx.setblocking(False)
+                locks.append(new_lock())
         except BaseException:
-            a.close()
-            b.close()
-            cmsg.close_fds(fds)
+            for s in socks:
+                s.close()
+            cmsg.close_fds(locks)
             raise
-        e0 = _EndpointObject._make(a, fds[0], fds[1], capacity, sizes)
-        e1 = _EndpointObject._make(b, fds[2], fds[3], capacity, sizes)
+        rx0, tx0, rx1, tx1 = socks  # door 0 is endpoint 0's own: endpoint 1 sends through tx0
+        side0 = ReceiveSide(rx0, locks[0], capacity, PeerClosed, _EndpointObject.gone_text)
+        side1 = ReceiveSide(rx1, locks[1], capacity, PeerClosed, _EndpointObject.gone_text)
+        e0 = _EndpointObject._make(capacity, tx1, side0, os.fstat(tx0.fileno()).st_ino)
+        e1 = _EndpointObject._make(capacity, tx0, side1, os.fstat(tx1.fileno()).st_ino)
         return ChannelPair(
             HANDLE_TABLE.insert(e0, ENDPOINT_RIGHTS, ChannelEndpoint),
             HANDLE_TABLE.insert(e1, ENDPOINT_RIGHTS, ChannelEndpoint),

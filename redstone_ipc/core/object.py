@@ -139,6 +139,10 @@ class KernelObject:
         """Release the fds. Called once, when the last handle goes."""
         raise NotImplementedError
 
+    def _on_handle_closed(self) -> None:
+        """A handle to it was closed, not the last one: threads blocked on that
+        handle may need waking (they look at their handle and raise)."""
+
 
 class HandleTable:
     """The process's handle table: value -> live handle.
@@ -336,9 +340,12 @@ class Handle:
 
         Closing an already closed handle does nothing (like ``socket.close``).
         """
-        obj = HANDLE_TABLE.remove(self)
-        if obj is not None:
-            obj._destroy()
+        obj = self._object
+        last = HANDLE_TABLE.remove(self)
+        if last is not None:
+            last._destroy()
+        elif obj is not None:
+            obj._on_handle_closed()
 
     def _moved(self) -> None:
         """The transport sent this handle away: it is gone from this process."""

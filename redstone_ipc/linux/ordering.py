@@ -64,7 +64,7 @@ TSO = MODE == "tso"
 
 def _fn(name: str, restype: object) -> Callable[..., int]:
     f = _lib[name]  # a private function object: no argtypes, prebuilt arguments
-    f.restype = restype
+    f.restype = restype  # type: ignore[assignment]
     return f  # type: ignore[no-any-return]
 
 

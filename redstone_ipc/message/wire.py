@@ -230,7 +230,7 @@ def recv_message(
             return _received(
                 msg_type,
                 buf[HEAD_SIZE:nbytes].tobytes() if size <= _COPY_LIMIT  # cmsg.detach, inlined
-                else cmsg.detach(buf, HEAD_SIZE, nbytes).toreadonly(),
+                else cmsg.detach(buf, HEAD_SIZE, nbytes).toreadonly(),  # type: ignore[union-attr]
                 [], priority, txid,
                 _tuple_new(Sender, _CRED.unpack_from(ancdata[0][2])) if ancdata else None,
             )

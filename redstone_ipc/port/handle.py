@@ -1,31 +1,91 @@
 """What a port handle and a channel endpoint share: sending and receiving.
 
-:class:`MailboxHandle` is the handle side of ``mailbox.py``: every method
-checks the handle (validity, then the right it needs) and hands the call to
-the :class:`~redstone_ipc.port.mailbox.Mailbox` behind it. ``Port`` and
-``ChannelEndpoint`` add what differs — ids, status, closing, calls — and say
-which error "the other side is gone" raises: PortClosed for a port (its
-receiver closed it or died), PeerClosed for a channel (the other endpoint
-went). Below, *closed* means that error.
+:class:`MailboxHandle` is the handle side of a :class:`Mailbox` (the kernel
+object of a port or endpoint): every method checks the handle (validity,
+then the right it needs) and hands the call to the object's ``Outlet``
+(sending, ``outlet.py``) or ``Inbox`` (receiving, ``inbox.py``). ``Port``
+and ``ChannelEndpoint`` add what differs — ids, status, closing, calls —
+and say which error "the other side is gone" raises: PortClosed for a port
+(its receiver closed it or died), PeerClosed for a channel.
 
-Hot path: ``send``, ``try_recv`` and ``recv`` test the right with plain int
-arithmetic (``_has``) and fall back to ``Handle._require`` only to raise;
-IntFlag's operators would cost ten times more per call.
+Time, the same rule everywhere (the standard library's): ``timeout=None``
+waits as long as it takes, a number of seconds bounds the wait, ``0`` does
+not wait. A send that finds no room raises QueueFull (a ``queue.Full``) at
+``timeout=0`` and SendTimedOut (a ``TimeoutError`` and a QueueFull) when
+its timeout runs out; a receive raises Empty (a ``queue.Empty``) at
+``timeout=0`` and ReceiveTimedOut (a ``TimeoutError`` and an Empty).
+
+Hot path: ``send`` and ``recv`` test the right with plain int arithmetic
+(``_has``) and fall back to ``Handle._require`` only to raise; IntFlag's
+operators would cost ten times more per call.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from ..core.object import Handle, Rights
+from ..core.object import Handle, KernelObject, Rights
+from ..errors import InvalidHandle, IpcError
 from ..message.message import Message
-from .mailbox import Mailbox
+from ..transport.loan import Loan
+from .inbox import Inbox
+from .outlet import LOCAL_INBOXES, Outlet
+from .owner import ReceiveSide
 
-__all__ = ["MailboxHandle"]
+__all__ = ["Mailbox", "MailboxHandle"]
 
 _SEND = int(Rights.SEND)
 _RECEIVE = int(Rights.RECEIVE)
-_has = int.__and__  # rights checks on the hot path without IntFlag's Python-level operators
+_has = int.__and__
+
+
+class Mailbox(KernelObject):
+    """The kernel object behind a port handle or a channel endpoint, in one
+    process: an outlet (to the door it sends to) and a receive side (its own
+    door), either of which may be absent."""
+
+    gone: ClassVar[type[IpcError]]
+    gone_text: ClassVar[str]
+
+    def _init_mailbox(self, capacity: int, send_door: Any, nslots: int,
+                      receive: ReceiveSide | None, door_key: int) -> None:
+        KernelObject.__init__(self)
+        self.capacity = capacity
+        self.send_door = send_door  # socket: the door this object sends to, or None
+        self.nslots = nslots
+        self.outlet: Outlet | None = None
+        self.receive = receive
+        self.door_key = door_key  # inode of our own door's sending end
+        if receive is not None:
+            LOCAL_INBOXES[door_key] = self
+
+    # -- the two sides -------------------------------------------------------------
+
+    def get_outlet(self) -> Outlet:
+        outlet = self.outlet
+        if outlet is None:
+            if self.send_door is None:
+                raise InvalidHandle("this endpoint cannot send (it arrived without SEND)")
+            outlet = self.outlet = Outlet(self.send_door, self.nslots, self.gone, self.gone_text)
+        return outlet
+
+    def get_inbox(self) -> Inbox:
+        receive = self.receive
+        if receive is None:
+            raise InvalidHandle("this handle cannot receive in this process")
+        inbox = receive.inbox
+        return inbox if inbox is not None else receive.activate()
+
+    def local_inbox(self) -> Inbox | None:
+        """For a sender of this process: the inbox, if it may live here."""
+        receive = self.receive
+        if receive is None or self._destroyed:
+            return None
+        return receive.inbox or receive.try_activate()
+
+    def _on_handle_closed(self) -> None:
+        if self.outlet is not None:
+            self.outlet.kick_waiters()
 
 
 class MailboxHandle(Handle):
@@ -45,64 +105,73 @@ class MailboxHandle(Handle):
         obj: Mailbox = self._live()
         return obj.capacity
 
-    @property
-    def max_record(self) -> int:
-        """Records above this many bytes carry their payload in a memfd."""
-        obj: Mailbox = self._live()
-        return obj.max_record
-
     # -- sending (needs SEND) ------------------------------------------------
 
-    def send(self, msg: Message, *, priority: int = 0, timeout: float | None = 0) -> None:
+    def send(self, msg: Message, *, priority: int = 0, timeout: float | None = None) -> None:
         """Queue ``msg`` with ``priority`` (an i32; higher is received first).
 
-        ``timeout=0`` (the seed's send): QueueFull at once if the queue holds
-        ``capacity`` messages. ``None``: sleep until there is room. A number:
-        sleep at most that long, then QueueFull. Closed (PortClosed,
-        PeerClosed) if the other side is gone. On success the message's
-        handles (and ``msg.txid``) have moved to the receiver; on any error
-        the handles are all still valid here.
+        Waits for room as long as ``timeout`` allows (None: no limit; 0: not
+        at all): QueueFull at ``timeout=0``, SendTimedOut when it runs out.
+        PortClosed / PeerClosed if the other side is gone. On success the
+        message's handles have moved to the receiver; on any error they are
+        all still valid here.
         """
         obj: Any = self._object
         if obj is None or not _has(self._rights, _SEND):
             obj = self._require(Rights.SEND)
-        state = obj._try_send(msg, priority)
-        if state:
-            obj._send_slow(msg, priority, timeout, state)
+        if msg.handles:
+            _refuse_self_transfer(obj, msg)
+        outlet = obj.outlet or obj.get_outlet()
+        outlet.send(msg, priority, timeout, self)
 
-    async def send_async(
-        self, msg: Message, *, priority: int = 0, timeout: float | None = None
-    ) -> None:
-        """``send`` for asyncio: waits for room in the event loop (default: no limit)."""
+    async def send_async(self, msg: Message, *, priority: int = 0,
+                         timeout: float | None = None) -> None:
+        """``send`` for asyncio: waits for room in the event loop, no thread."""
         obj: Mailbox = self._require(Rights.SEND)
-        await obj.send_async(msg, priority, timeout)
+        if msg.handles:
+            _refuse_self_transfer(obj, msg)
+        await obj.get_outlet().send_async(msg, priority, timeout, self)
+
+    def loan(self, size: int) -> Loan:
+        """``size`` writable bytes of shared memory to build a payload in, then
+        send with ``Message(msg_type, loan)``: the receiver reads these very
+        pages (zero copy). See :class:`~redstone_ipc.transport.loan.Loan`."""
+        obj: Mailbox = self._require(Rights.SEND)
+        return obj.get_outlet().loan(size)
 
     # -- receiving (needs RECEIVE) -------------------------------------------
 
     def try_recv(self) -> Message:
-        """The next message (highest priority, then oldest), or Empty at once.
-
-        Closed once the other side is gone: at once for a port (closing it
-        drops the queue); for a channel, after everything the peer queued.
-        """
+        """The next message (highest priority, then oldest), or Empty at once."""
         obj: Any = self._object
         if obj is None or not _has(self._rights, _RECEIVE):
             obj = self._require(Rights.RECEIVE)
-        return obj.try_recv()
+        inbox = obj.receive.inbox if obj.receive is not None else None
+        return (inbox or obj.get_inbox()).try_recv()
 
     def recv(self, timeout: float | None = None) -> Message:
-        """The next message, sleeping in the kernel until one comes.
+        """The next message, sleeping until one comes.
 
-        Empty after ``timeout`` seconds (None: no limit); closed as for
-        ``try_recv``. ``msg.sender`` names the sending process, as the kernel
-        saw it.
+        ``timeout``: None waits for ever, 0 is ``try_recv``; when it runs out,
+        ReceiveTimedOut (a TimeoutError, and an Empty). ``msg.sender`` names
+        the sending process, as the kernel saw it.
         """
         obj: Any = self._object
         if obj is None or not _has(self._rights, _RECEIVE):
             obj = self._require(Rights.RECEIVE)
-        return obj.recv(timeout)
+        inbox = obj.receive.inbox if obj.receive is not None else None
+        return (inbox or obj.get_inbox()).recv(timeout)
 
     async def recv_async(self, timeout: float | None = None) -> Message:
-        """``recv`` for asyncio: the event loop watches the socket, no thread."""
+        """``recv`` for asyncio: the event loop watches the connections, no thread."""
         obj: Mailbox = self._require(Rights.RECEIVE)
-        return await obj.recv_async(timeout)
+        return await obj.get_inbox().recv_async(timeout)
+
+
+def _refuse_self_transfer(obj: KernelObject, msg: Message) -> None:
+    # Zircon refuses to write a channel into itself; so do we (it would also
+    # destroy this object in the middle of sending on it).
+    for handle in msg.handles:
+        if handle._object is obj:
+            raise ValueError("a handle cannot be sent through its own port or endpoint")
+

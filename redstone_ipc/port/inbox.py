@@ -66,7 +66,8 @@ from ..linux.ordering import TSO, full_fence
 from ..message.message import Message
 from ..sched.lock import Condition, acquire_deferring, relocked
 from ..transport import layout as L
-from ..transport.receiving import Inbound, accept, make_room
+from ..transport.receiving import Inbound, accept, door_record, make_room
+from . import service
 from .queue import PriorityQueue
 
 __all__ = ["Inbox"]
@@ -107,6 +108,7 @@ class Inbox:
         self.pending: set[int] = set()  # txids of calls waiting for their reply
         self.conns: dict[int, Inbound] = {}  # by doorbell fd
         self.hup: dict[int, Inbound] = {}  # by socket fd
+        self.tokens: dict[int, Inbound] = {}  # by the sender's token
         self.active: list[Inbound] = []
         self.wanters: list[Inbound] = []
         self.errors: deque[Exception] = deque()
@@ -156,7 +158,7 @@ class Inbox:
                 if deadline is not None:
                     remaining = deadline - _now()
                     if remaining <= 0:
-                        if timeout == 0:
+                        if timeout == 0 and timeout_exc is ReceiveTimedOut:
                             raise Empty("no message is queued")
                         raise timeout_exc("no message arrived in time")
                 if self.leader:
@@ -175,30 +177,37 @@ class Inbox:
             mutex.release()
 
     def _lead_locked(self, remaining: float | None) -> None:
-        """Spin, then sleep in epoll as the leader; process what woke us."""
-        if self._spin_locked():
-            return
-        self._arm_locked()
+        """Spin, then sleep in epoll as the leader; process what woke us.
+
+        Leadership is taken before the spin (which lets go of the mutex now
+        and then): one thread at a time leads, the others follow.
+        """
+        self.leader = True
+        events: list[tuple[int, int]] = []
         try:
-            if self._ready_locked():
+            if self._spin_locked():
                 return
-            self.leader = True
-            self.ops += 1
-            self.mutex.release()
-            events: list[tuple[int, int]] = []
+            self._arm_locked()
             try:
-                events = self.epoll.poll(-1 if remaining is None else max(0.0, remaining))
-            finally:  # a signal handler's exception too: take the mutex back first
-                deferred = acquire_deferring(self.mutex)
-                self.leader = False
-                if self.followers:
-                    self.cond.notify()  # one of them may have to lead now
-                self._leave_locked()
-                if deferred is not None:
-                    raise deferred
+                if self._ready_locked():
+                    return
+                self.ops += 1
+                self.mutex.release()
+                try:
+                    events = self.epoll.poll(-1 if remaining is None else max(0.0, remaining))
+                finally:  # a signal handler's exception too: take the mutex back first
+                    deferred = acquire_deferring(self.mutex)
+                    self._leave_locked()
+                    if deferred is not None:
+                        raise deferred
+            finally:
+                self._disarm_locked()
         finally:
-            self._disarm_locked()
-        self._events_locked(events)
+            self.leader = False
+            if self.followers:
+                self.cond.notify()  # one of them may have to lead now
+        if self.closed is None:  # else our fds may be closed already
+            self._events_locked(events)
 
     def _spin_locked(self) -> bool:
         """Poll the active connections a little; whether something came."""
@@ -265,13 +274,10 @@ class Inbox:
             raise self.closed
         if self.errors:
             raise self.errors.popleft()
-        self._drain_locked()
-        if txid:
-            entry = self.replies.pop(txid, None)
-        elif self.queue:
-            entry = self.queue.take()
-        else:
-            entry = None
+        entry = self._next_locked(txid)
+        if entry is None:
+            self._poll_events_locked()  # news: a connection, a hang-up, the door's end
+            entry = self._next_locked(txid)
         if entry is not None:
             msg, conn = entry
             self._handed_out_locked(conn)
@@ -283,6 +289,14 @@ class Inbox:
         if self.door_eof and not self.conns and not self.queue and not self.replies:
             self._notify_locked()  # everyone waiting must hear it, not just us
             raise self.gone(self.gone_text)
+        return None
+
+    def _next_locked(self, txid: int) -> tuple[Message, Inbound | None] | None:
+        self._drain_locked()
+        if txid:
+            return self.replies.pop(txid, None)
+        if self.queue:
+            return self.queue.take()
         return None
 
     def _drain_locked(self) -> None:
@@ -318,8 +332,11 @@ class Inbox:
                     self.replies[txid] = (msg, conn)
                 else:
                     self.queue.put(msg.priority, (msg, conn))
-            if out and conn.tx_waiting():
-                conn.wake_sender()  # copies released data room it may wait for
+            if out:
+                if conn.tx_waiting():
+                    conn.wake_sender()  # copies released data room it may wait for
+                if self.followers or self.async_loops:
+                    self._notify_locked()  # a reply, or work, for another waiter
 
     def _handed_out_locked(self, conn: Inbound | None) -> None:
         """A message left the queue: its credit is free."""
@@ -370,13 +387,13 @@ class Inbox:
                 self._flush_locked(conn)
             if not self.pool:
                 self._gather_locked(conn)
+            if conn.credits_left() > 0:  # it has room after all
+                self.wanters.remove(conn)
+                conn.wake_sender()
+                continue
             give = min(self.pool, self._fair_share(), max(0, conn.nslots - conn.owed()))
             if give <= 0:
-                if conn.owed() > 0 or not self.pool:
-                    if conn.owed() > 0 or conn.credits_left():
-                        self.wanters.remove(conn)  # it has room after all
-                        conn.wake_sender()
-                continue
+                continue  # nothing free: it waits for the next message handed out
             self.pool -= give
             conn.grant(give)
             self.wanters.remove(conn)
@@ -409,14 +426,16 @@ class Inbox:
 
     # -- events: the door, doorbells, hang-ups -----------------------------------
 
-    def _poll_events_locked(self) -> None:
-        """Look at the epoll without waiting (called now and then while busy)."""
+    def _poll_events_locked(self) -> bool:
+        """Look at the epoll without waiting (called now and then while busy);
+        whether anything happened."""
         try:
             events = self.epoll.poll(0)
         except OSError:
-            return
+            return False
         if events:
             self._events_locked(events)
+        return bool(events)
 
     def _events_locked(self, events: list[tuple[int, int]]) -> None:
         for fd, ev in events:
@@ -431,8 +450,6 @@ class Inbox:
                 eventfd.drain(fd)
                 if not conn.active:
                     self._promote_locked(conn)
-                if conn.tx_waiting() and conn not in self.wanters:
-                    self.wanters.append(conn)
                 continue
             conn = self.hup.get(fd)
             if conn is not None and ev & _EPOLLHUP:
@@ -461,7 +478,7 @@ class Inbox:
             self._flush_locked(conn)
 
     def _accept_locked(self) -> None:
-        """Take the connections waiting at the door."""
+        """Read the door: new connections, and senders that wait for room."""
         door = self.door
         while True:
             try:
@@ -492,8 +509,18 @@ class Inbox:
                 continue
             try:
                 if msg_flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                    raise ProtocolError("a CONNECT record was truncated")
-                conn = accept(data, fds, creds, self.max_slots)
+                    raise ProtocolError("a door record was truncated")
+                kind, nslots, token = door_record(data)
+                if kind == L.DOOR_WANT:
+                    if fds:
+                        raise ProtocolError("a WANT record carried fds")
+                    conn = self.tokens.get(token)
+                    if conn is not None and conn not in self.wanters:
+                        self.wanters.append(conn)
+                    continue
+                if token in self.tokens:
+                    raise ProtocolError("a CONNECT record reused a live connection's token")
+                conn = accept(nslots, token, fds, creds, self.max_slots)
             except ProtocolError as e:
                 cmsg.close_fds(fds)
                 self.errors.append(ProtocolError(f"refused a connection: {e}"))
@@ -509,11 +536,18 @@ class Inbox:
             return
         self.conns[conn.doorbell] = conn
         self.hup[conn.sock.fileno()] = conn
+        self.tokens[conn.token] = conn
         conn.set_sleeping(True)  # not active yet: its first message rings
         give = min(self.pool, conn.nslots, self._fair_share() if len(self.conns) > 1 else self.capacity)
         if give:
             self.pool -= give
             conn.grant(give)
+            if not TSO:
+                full_fence()
+            if conn.tx_waiting():
+                conn.wake_sender()  # its first send may already wait for this
+        else:
+            self.wanters.append(conn)  # room comes when some is free
         self._promote_locked(conn)
 
     def _door_closed_locked(self) -> None:
@@ -523,6 +557,7 @@ class Inbox:
             self.epoll.unregister(self.door.fileno())
         except OSError:
             pass
+        service.forget(self.door.fileno())
         self._notify_locked()
 
     def _hung_up_locked(self, conn: Inbound) -> None:
@@ -550,6 +585,7 @@ class Inbox:
         conn.tail = conn.granted - conn.reclaimed  # (nothing owed any more)
         self.conns.pop(conn.doorbell, None)
         self.hup.pop(conn.sock.fileno(), None)
+        self.tokens.pop(conn.token, None)
         for fd in (conn.doorbell, conn.sock.fileno()):
             try:
                 self.epoll.unregister(fd)
@@ -561,7 +597,7 @@ class Inbox:
         if conn in self.wanters:
             self.wanters.remove(conn)
         conn.close(reason)
-        if self.wanters:
+        if self.wanters and self.closed is None:
             self._serve_wanters_locked()
 
     # -- telling our own waiters -------------------------------------------------
@@ -597,7 +633,7 @@ class Inbox:
                     return msg
                 remaining = None if deadline is None else deadline - _now()
                 if remaining is not None and remaining <= 0:
-                    if timeout == 0:
+                    if timeout == 0 and timeout_exc is ReceiveTimedOut:
                         raise Empty("no message is queued")
                     raise timeout_exc("no message arrived in time")
                 fut = loop.create_future()
@@ -646,6 +682,30 @@ class Inbox:
                 self._poll_events_locked()
         _wake_futures(self.async_loops, loop)
 
+    def want(self, token: int) -> None:
+        """A sender of this process has no room (its connection's token): the
+        receiver's bookkeeping for it, now, in the sender's thread."""
+        with self.mutex:
+            if self.closed is not None:
+                return
+            if self._poll_events_locked() and (self.leader or self.followers or self.async_loops):
+                self._notify_locked()  # its connection may not be taken yet; others look again
+            conn = self.tokens.get(token)
+            if conn is not None and conn not in self.wanters:
+                self.wanters.append(conn)
+            if self.wanters:
+                self._serve_wanters_locked()
+
+    def service(self) -> None:
+        """Do the receiver's bookkeeping now (connections, doorbells, room): a
+        sender in this process needs it and may be the only thread running."""
+        with self.mutex:
+            if self.closed is None:
+                if self._poll_events_locked() and (self.leader or self.followers or self.async_loops):
+                    self._notify_locked()  # we took their events: they must look again
+                if self.wanters:
+                    self._serve_wanters_locked()
+
     # -- closing -----------------------------------------------------------------
 
     def shut_locked(self, error: Exception, reason: int) -> list[Message]:
@@ -655,6 +715,7 @@ class Inbox:
         if self.closed is not None:
             return []
         self.closed = error
+        service.forget(self.door.fileno())
         dropped = [m for m, _ in self.queue.clear()]
         dropped.extend(m for m, _ in self.replies.values())
         self.replies.clear()
@@ -666,10 +727,26 @@ class Inbox:
             self._finalize_locked()
         return dropped
 
+    def drop_after_fork(self) -> None:
+        """In a forked child: close our copies of the parent's fds, touching
+        nothing shared (the parent goes on receiving). (The service thread
+        is the parent's: it does not exist here.)"""
+        for conn in self.conns.values():
+            conn.forget()
+        self.conns.clear()
+        self.hup.clear()
+        self.active.clear()
+        self.queue.clear()
+        self.replies.clear()
+        self.epoll.close()
+        os.close(self.kick)
+        self.finalized = True
+
     def _finalize_locked(self) -> None:
         if self.finalized:
             return
         self.finalized = True
+        service.forget(self.door.fileno())
         self.epoll.close()
         os.close(self.kick)
 

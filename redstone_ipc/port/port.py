@@ -2,57 +2,57 @@
 
 >>> port = Port(capacity=16)                       # the RECEIVE handle
 >>> client = port.duplicate(SEND_RIGHTS)           # a SEND right to hand out
->>> client.send(Message(1, b"hello"), priority=5)  # timeout=0: QueueFull when full
->>> msg = port.recv()                              # sleeps in the kernel
->>> msg.payload, msg.priority, msg.sender.pid
+>>> client.send(Message(1, b"hello"), priority=5)  # waits for room (timeout=None)
+>>> msg = port.recv()                              # sleeps until a message comes
+>>> bytes(msg), msg.priority, msg.sender.pid
 
-SEND rights reach other processes attached to messages, by inheritance across
-``fork``, and (later) by name. A process that holds only SEND rights holds no
-fd that can read the queue: the kernel, not this library, keeps it from
+SEND rights reach other processes attached to messages, pickled for
+multiprocessing, by inheritance across ``fork``, and by name
+(``redstone_ipc.names``). A process that holds only SEND rights holds no fd
+that can read the queue: the kernel, not this library, keeps it from
 receiving (``rights.py``).
 
 How it maps to Linux
 --------------------
-* the queue is one ``AF_UNIX SOCK_SEQPACKET`` socketpair: the receiver keeps
-  one end (*rx*); every SEND right is a dup of the other end (*tx*), shut for
-  reading. One ``sendmsg`` is one record: never split, never interleaved with
-  another sender's, each sender's records in its order, the sender's pid,
-  uid and gid attached by the kernel (``SCM_CREDENTIALS``);
-* **capacity** (in messages, across every process) is an ``EFD_SEMAPHORE``
-  eventfd of credits, kept exact even when senders are SIGKILLed at any
-  instant by the window lock and repairs described in ``credits.py``;
-* **priorities**: the receiver drains the socket into a heap ordered by
-  ``(-priority, arrival)`` (``mailbox.py``);
-* **close()** by the receiver shuts the socket down: every sleeper wakes —
-  receiving threads here, senders in every process (POLLHUP, then EPIPE) —
-  and gets PortClosed; queued messages are dropped and their handles closed.
-  A receiver that dies closes the port the same way (the kernel closes rx);
-* **PortId** is the inode of the tx socket: the same number in every process
-  holding the port, unique among live sockets of the system;
-* **large messages**: records stay at most ``max_record`` bytes (64 KiB where
-  the system allows, see ``sizing.py``), so ``capacity`` records always fit
-  the socket's send buffer and capacity stays exact; a payload that does not
-  fit travels in a sealed memfd that the receiver maps (``message.wire``),
-  so a multi-MiB message costs one copy on the sending side and none on the
-  receiving side.
+* **the door**: a SOCK_SEQPACKET socketpair. The receiver keeps one end;
+  every SEND right is a dup of the other, shut for reading. It carries no
+  messages: a sending process connects through it once
+  (``transport.layout``), and the kernel attaches that process's pid, uid
+  and gid to the connection;
+* **the data**: each sending process has its own ring in shared memory that
+  only it and the receiver map (``transport``); a message is written there
+  and published with one store. No system call while both sides are awake;
+  the fds of a message's handles go through the connection's socket, in
+  order with the ring;
+* **capacity**, in messages across every sender and process: credits the
+  receiver grants to each connection and takes back when another needs them
+  (``inbox.py``). A sender killed at any instant gives its room back when
+  its socket hangs up;
+* **priorities**: highest first, FIFO within a priority (``queue.py``);
+* **close()** by the receiver ends every connection (senders get
+  PortClosed) and shuts the door; queued messages are dropped and their
+  handles closed. A receiver that dies closes the port the same way: its
+  connections hang up and the door's last receiving end is gone;
+* **PortId** is the inode of the door's sending end: the same number in
+  every process holding the port.
 
-Receiving stays in one process. ``close()`` on a RECEIVE handle closes the
-port for everyone; to drop a RECEIVE handle without closing the port (a
-forked child inherits its parent's), call ``release()``. A process left
-without any RECEIVE handle also closes its copy of the receiving end, so
-that a receiver elsewhere that dies closes the port. A RECEIVE handle
-cannot be sent away while this process holds messages it already drained
-from the socket (receive them first; IpcError otherwise).
+Receiving happens in one process (see ``owner.py``): the one that made
+the port, from the start, so senders are served even before its first
+``recv``. A forked child can send, not receive. To receive in another
+process, send it the RECEIVE handle in a message (the queue must be empty
+then): senders connect again, to it. ``release()`` drops a RECEIVE handle
+without closing the port.
 
-Capacity is enforced among cooperating senders (this library): the raw
-sending fd can bypass the credits, and is then bounded only by the socket's
-byte budget — its records cannot be read by it, and are refused by the
-receiver with ProtocolError if malformed.
+What the kernel does not enforce: a SEND holder maps its own ring and may
+write anything into it, or stop halfway. The receiver checks every word
+it reads and drops a connection that breaks the protocol (ProtocolError
+from the next ``recv``, naming the sender); it never reads another
+connection's memory, and capacity is counted by the receiver, so a broken
+sender can fill the port as any sender can, and no more.
 
-Threads and asyncio: every method may be called from any thread; waits
-sleep in the kernel (``poll``, futex), ``recv_async``/``send_async`` in the
-event loop (``mailbox.py``). Receiving a port handle in a process needs this
-module imported (it registers the PORT handle type).
+Threads and asyncio: every method may be called from any thread;
+``recv_async``/``send_async`` wait in the event loop. Receiving a port
+handle in a process needs this module imported (it registers the type).
 """
 
 from __future__ import annotations
@@ -65,22 +65,22 @@ from typing import Any, NewType
 
 from ..core.object import HANDLE_TABLE, Handle, ObjectType, Rights
 from ..errors import InvalidHandle, PortClosed, ProtocolError
-from ..linux import cmsg, eventfd
+from ..linux import cmsg
+from ..transport import layout as L
 from . import rights as port_rights
-from . import sizing
-from .credits import WindowLock
-from .handle import MailboxHandle
-from .mailbox import Mailbox, adopt_seqpacket
+from .handle import Mailbox, MailboxHandle
+from .owner import ReceiveSide, new_lock
 
-__all__ = ["Port", "PortId", "PortStatus", "DEFAULT_CAPACITY"]
+__all__ = ["Port", "PortId", "PortStatus", "DEFAULT_CAPACITY", "adopt_seqpacket"]
 
 PortId = NewType("PortId", int)
 """Identifies a port system-wide: equal in every process that holds it."""
 
 DEFAULT_CAPACITY = 16
+MAX_CAPACITY = 1 << 20
 _U32 = 0xFFFF_FFFF
 _RECEIVE = int(Rights.RECEIVE)
-_has = int.__and__  # rights checks on the hot path without IntFlag's Python-level operators
+_has = int.__and__
 
 
 class PortStatus(enum.Enum):
@@ -90,100 +90,138 @@ class PortStatus(enum.Enum):
     CLOSED = "closed"
 
 
-class _PortObject(Mailbox):
-    TYPE = ObjectType.PORT
-    DEFAULT_RIGHTS = port_rights.DEFAULT_RIGHTS
-    ALLOWED_RIGHTS = port_rights.ALLOWED_RIGHTS
-    _gone_exc = PortClosed
-    _gone_text = "the port was closed by its receiver, or the receiver died"
-    id: PortId  # the tx socket's inode: the same in every process
-
-    @classmethod
-    def create(cls, capacity: int) -> _PortObject:
-        sizes = sizing.plan(capacity)  # ValueError for a bad capacity
-        rx, tx = cmsg.seqpacket_pair()
-        fds: list[int] = []
-        try:
-            tx.shutdown(socket.SHUT_RD)  # SEND holders can never read the queue
-            sizing.apply(tx, sizes)
-            fds.append(eventfd.semaphore(capacity))
-            fds.append(eventfd.counter())
-            window = WindowLock.create()
-        except BaseException:
-            rx.close()
-            tx.close()
-            cmsg.close_fds(fds)
-            raise
-        obj = cls.__new__(cls)
-        obj._init_mailbox(
-            tx=tx, out_fd=fds[0], capacity=capacity, sizes=sizes,
-            rx=rx, in_fd=fds[0], window=window, request_fd=fds[1],
-        )
-        obj.id = PortId(os.fstat(tx.fileno()).st_ino)
-        return obj
-
-    # -- transfer ------------------------------------------------------------
-
-    def transfer_fds(self, rights: Rights) -> list[int]:
-        # Order: tx, credits, repair requests, window lock, [rx].
-        assert self._window is not None
-        fds = [self._txfd, self._out, self._request, self._window.fd]
-        if port_rights.carries_receive(rights):
-            fds.append(self._rxfd)
-        return fds
-
-    def transfer_extra(self, rights: Rights) -> int:
-        return self._capacity | self._max_record << 32
-
-    def prepare_transfer(self, rights: Rights) -> None:
-        if port_rights.carries_receive(rights):
-            self._refuse_transfer_if_buffered()
-
-    @classmethod
-    def from_transfer(cls, fds: list[int], rights: Rights, extra: int) -> _PortObject:
-        receive = port_rights.carries_receive(rights)
-        if len(fds) != 4 + receive:
-            raise ProtocolError(
-                f"a port handle{' with RECEIVE' if receive else ''} carries "
-                f"{4 + receive} fds, got {len(fds)}"
-            )
-        capacity, max_record = extra & _U32, extra >> 32
-        if capacity < 1 or max_record not in sizing.CANDIDATES:
-            raise ProtocolError(f"bad port sizes: capacity {capacity}, max_record {max_record}")
-        txfd, credit_fd, request_fd, lock_fd = fds[:4]
-        if not (eventfd.adopt(credit_fd) and eventfd.adopt(request_fd)):
-            raise ProtocolError("a port handle arrived without its eventfds")
-        if not WindowLock.valid(lock_fd):
-            raise ProtocolError("a port handle arrived without its window lock")
-        tx = adopt_seqpacket(txfd, "a port's sending end")
-        rx = None
-        try:
-            if not _shut_for_reading(txfd):
-                raise ProtocolError("a port's sending end arrived able to receive")
-            if receive:
-                rx = adopt_seqpacket(fds[4], "a port's receiving end")
-            window = WindowLock.adopt(lock_fd)
-        except BaseException:
-            tx.detach()
-            if rx is not None:
-                rx.detach()
-            raise
-        os.close(lock_fd)  # ours is window.fd, a description of our own
-        obj = cls.__new__(cls)
-        obj._init_mailbox(
-            tx=tx, out_fd=credit_fd, capacity=capacity,
-            sizes=sizing.Plan(max_record, 0, max(max_record, sizing.RECV_FLOOR)),
-            rx=rx, in_fd=credit_fd if receive else -1, window=window, request_fd=request_fd,
-        )
-        obj.id = PortId(os.fstat(txfd).st_ino)
-        return obj
+def check_capacity(capacity: int) -> int:
+    if not isinstance(capacity, int) or isinstance(capacity, bool) or not 1 <= capacity <= MAX_CAPACITY:
+        raise ValueError(f"capacity must be an int from 1 to {MAX_CAPACITY}, not {capacity!r}")
+    return capacity
 
 
-def _shut_for_reading(fd: int) -> bool:
+def adopt_seqpacket(fd: int, what: str) -> socket.socket:
+    """A socket object for a received fd, which must be an AF_UNIX SOCK_SEQPACKET
+    (ProtocolError otherwise, ``fd`` left open for the caller to close)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        raise ProtocolError(f"{what} arrived as an fd that is not a socket") from None
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET:
+        sock.detach()
+        raise ProtocolError(f"{what} arrived as a socket that is not AF_UNIX SOCK_SEQPACKET")
+    sock.setblocking(False)
+    return sock
+
+
+def shut_for_reading(fd: int) -> bool:
     p = select.poll()
     p.register(fd, select.POLLRDHUP)
     events = p.poll(0)
     return bool(events and events[0][1] & select.POLLRDHUP)
+
+
+def lock_valid(fd: int) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+class _PortObject(Mailbox):
+    TYPE = ObjectType.PORT
+    DEFAULT_RIGHTS = port_rights.DEFAULT_RIGHTS
+    ALLOWED_RIGHTS = port_rights.ALLOWED_RIGHTS
+    gone = PortClosed
+    gone_text = "the port was closed by its receiver, or the receiver died"
+
+    @classmethod
+    def create(cls, capacity: int) -> _PortObject:
+        check_capacity(capacity)
+        rx, tx = cmsg.seqpacket_pair()
+        lock = -1
+        try:
+            tx.shutdown(socket.SHUT_RD)  # SEND holders can never read the door
+            tx.setblocking(False)
+            lock = new_lock()
+            receive = ReceiveSide(rx, lock, capacity, PortClosed, cls.gone_text)
+        except BaseException:
+            rx.close()
+            tx.close()
+            if lock >= 0:
+                os.close(lock)
+            raise
+        obj = cls.__new__(cls)
+        obj._init_mailbox(capacity, tx, L.slot_count(capacity), receive, _ino(tx.fileno()))
+        receive.activate()  # a port is received where it is made
+        return obj
+
+    @property
+    def id(self) -> PortId:
+        return PortId(self.door_key)
+
+    # -- transfer: the door's sending end, then with RECEIVE its receiving end
+    # and the owner lock --
+
+    def transfer_fds(self, rights: Rights) -> list[int]:
+        fds = [self.send_door.fileno()]
+        if rights & Rights.RECEIVE:
+            receive = self.receive
+            if receive is None or receive.lock_fd < 0:
+                raise InvalidHandle("this process holds no receive side of the port")
+            fds += [receive.door.fileno(), receive.lock_fd]
+        return fds
+
+    def transfer_extra(self, rights: Rights) -> int:
+        return self.capacity
+
+    def prepare_transfer(self, rights: Rights) -> None:
+        if rights & Rights.RECEIVE and not _receive_rights_left(self, exclude_one=True):
+            assert self.receive is not None
+            self.receive.check_can_leave()
+
+    @classmethod
+    def from_transfer(cls, fds: list[int], rights: Rights, extra: int) -> _PortObject:
+        receive_right = bool(rights & Rights.RECEIVE)
+        if len(fds) != 1 + 2 * receive_right:
+            raise ProtocolError(
+                f"a port handle{' with RECEIVE' if receive_right else ''} carries "
+                f"{1 + 2 * receive_right} fds, got {len(fds)}"
+            )
+        capacity = extra & _U32
+        if not 1 <= capacity <= MAX_CAPACITY or extra >> 32:
+            raise ProtocolError(f"bad port capacity {extra}")
+        if receive_right and not lock_valid(fds[2]):
+            raise ProtocolError("a port handle arrived without its owner lock")
+        tx = adopt_seqpacket(fds[0], "a port's door")
+        rx = None
+        try:
+            if not shut_for_reading(fds[0]):
+                raise ProtocolError("a port's door arrived able to receive")
+            if receive_right:
+                rx = adopt_seqpacket(fds[1], "a port's receiving end")
+        except BaseException:
+            tx.detach()
+            raise
+        receive = ReceiveSide(rx, fds[2], capacity, PortClosed, cls.gone_text) if rx else None
+        obj = cls.__new__(cls)
+        obj._init_mailbox(capacity, tx, L.slot_count(capacity), receive, _ino(fds[0]))
+        if receive is not None:
+            receive.try_activate()  # received here: served from now on, if free
+        return obj
+
+    def _destroy(self) -> None:
+        """The last handle here is gone (closed, moved, garbage collected)."""
+        if self.outlet is not None:
+            self.outlet.close()
+        receive = self.receive
+        if receive is not None:
+            for msg in receive.give_up():
+                msg.close()
+            receive.close()
+        self.send_door.close()
+
+
+def _ino(fd: int) -> int:
+    return os.fstat(fd).st_ino
 
 
 class _PortFactory(type):
@@ -203,17 +241,13 @@ class Port(MailboxHandle, metaclass=_PortFactory):
     held). Every method checks the handle first (InvalidHandle if it was
     closed or moved away, PermissionDenied without the right it needs).
 
-    ``capacity``, ``max_record``, ``send``, ``send_async``, ``try_recv``,
-    ``recv`` and ``recv_async`` come from :class:`MailboxHandle`. On a port,
+    ``capacity``, ``send``, ``send_async``, ``loan``, ``try_recv``, ``recv``
+    and ``recv_async`` come from :class:`MailboxHandle`. On a port,
     ``capacity`` counts the messages of every sender together, and "the
     other side is gone" is PortClosed: the receiver closed the port or died.
-    Sending raises it at once; receiving raises it once the port is closed
-    (its queued messages are dropped).
     """
 
     __slots__ = ()
-
-    # -- what it is ----------------------------------------------------------
 
     @property
     def id(self) -> PortId:
@@ -225,23 +259,18 @@ class Port(MailboxHandle, metaclass=_PortFactory):
     def status(self) -> PortStatus:
         """CLOSED once the receiver closed the port or died, else OPEN."""
         obj: _PortObject = self._live()
-        if obj._shut or obj._peer_gone():
+        if _door_hung_up(obj):  # every receiving end of the door is gone
+            return PortStatus.CLOSED
+        outlet = obj.outlet
+        if outlet is not None and outlet.conn is not None and outlet.conn.closed_reason() == L.CLOSED_PORT:
             return PortStatus.CLOSED
         return PortStatus.OPEN
 
-    # -- crash repair (needs RECEIVE) ------------------------------------------
-
-    def repair(self) -> int | None:
-        """Give back the room taken by senders killed mid-send; how many credits.
-
-        Runs by itself when a sender finds the port full (``credits.py``); call
-        it to force one now. None if a live sender was mid-send (try again).
-        """
+    def stats(self) -> dict[str, int]:
+        """``capacity``, ``depth`` (messages queued, read or not), ``senders``
+        (processes connected), read now. Needs RECEIVE, in the receiving process."""
         obj: _PortObject = self._require(Rights.RECEIVE)
-        with obj._mutex:
-            if obj._closed:
-                raise obj._closed_error()
-            return obj._repair_locked()
+        return obj.get_inbox().stats()
 
     # -- closing ---------------------------------------------------------------
 
@@ -255,16 +284,17 @@ class Port(MailboxHandle, metaclass=_PortFactory):
         does nothing.
         """
         obj: Any = self._object
-        if obj is not None and _has(self._rights, _RECEIVE):
-            obj.shut()
+        if obj is not None and _has(self._rights, _RECEIVE) and obj.receive is not None:
+            for msg in obj.receive.shut():
+                msg.close()
         Handle.close(self)
 
     def release(self) -> None:
         """Let go of this handle without closing the port.
 
-        For a process that holds a RECEIVE handle it will not use — typically
-        a forked child, which inherits its parent's handles: dropping it there
-        keeps the child from holding the port open after the receiver dies.
+        The receive side leaves this process with its last RECEIVE handle
+        (queued messages are dropped): a copy elsewhere (pickled, inherited
+        before the port was ever received on) may then receive.
         """
         self._let_go()
 
@@ -272,8 +302,7 @@ class Port(MailboxHandle, metaclass=_PortFactory):
         self._let_go()  # sent away: the port lives on in the receiver
 
     def __del__(self) -> None:
-        # A forgotten handle lets go of the port; it does not close it for
-        # others (its duplicates, or the process it was inherited by).
+        # A forgotten handle lets go of the port; it does not close it for others.
         try:
             if self._object is not None:
                 self._let_go()
@@ -281,27 +310,41 @@ class Port(MailboxHandle, metaclass=_PortFactory):
             pass
 
     def _let_go(self) -> None:
-        """Drop this handle; if it was this process's last receive right, also
-        its copy of the receiving socket end (see ``Mailbox.drop_receive``)."""
         obj: Any = self._object
         if obj is None:
             return
         receive = _has(self._rights, _RECEIVE)
         Handle.close(self)
-        if receive and not obj._destroyed and not _receive_rights_left(obj):
-            obj.drop_receive()
+        side = obj.receive
+        if receive and not obj._destroyed and side is not None and not _receive_rights_left(obj):
+            # The last RECEIVE handle left this process: nothing here may keep
+            # the door's receiving end open (a receiver elsewhere that dies
+            # must close the port).
+            obj.receive = None
+            for msg in side.give_up():
+                msg.close()
+            side.close()
 
 
-def _receive_rights_left(obj: _PortObject) -> bool:
-    """Whether a live handle of this process still holds RECEIVE on ``obj``."""
+def _door_hung_up(obj: _PortObject) -> bool:
+    p = select.poll()
+    p.register(obj.send_door.fileno(), 0)
+    events = p.poll(0)
+    return bool(events and events[0][1] & select.POLLHUP)
+
+
+def _receive_rights_left(obj: Any, exclude_one: bool = False) -> bool:
+    """Whether a live handle of this process holds RECEIVE on ``obj`` (beyond
+    the one about to leave, with ``exclude_one``)."""
+    count = 0
     for value in HANDLE_TABLE.values():
         try:
             handle = HANDLE_TABLE.get(value)
         except InvalidHandle:
             continue
         if handle._object is obj and _has(handle._rights, _RECEIVE):
-            return True
-    return False
+            count += 1
+    return count > (1 if exclude_one else 0)
 
 
 _PortObject.HANDLE_CLASS = Port

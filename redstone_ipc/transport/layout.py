@@ -106,12 +106,19 @@ The door
 --------
 A port (or channel endpoint) is reached through its *door*: a SOCK_SEQPACKET
 socketpair whose receiving end only the receiver holds (every sender holds a
-dup of the other end, shut for reading). To connect, a sender sends one
-``CONNECT`` record on the door: u32 ``DOOR_MAGIC``, u16 version, u16 flags,
-u32 nslots, u32 reserved, with SCM_RIGHTS [socket end, ring memfd,
-doorbell eventfd] and the kernel's SCM_CREDENTIALS: the receiver learns who
-the sender is once, from the kernel, and every message on the connection is
-that process's.
+dup of the other end, shut for reading). A sender sends two kinds of
+record on it (``DOOR_RECORD``: u32 ``DOOR_MAGIC``, u16 version, u16 kind,
+u32 nslots, u32 reserved, u64 token):
+
+* ``DOOR_CONNECT``, once per connection, with SCM_RIGHTS [socket end, ring
+  memfd, doorbell eventfd]; the kernel adds the sender's SCM_CREDENTIALS,
+  so the receiver learns who the sender is once, from the kernel, and
+  every message on the connection is that process's. ``token`` is a random
+  number naming the connection in later records;
+* ``DOOR_WANT`` (no fds; nslots 0): the connection named by ``token`` has
+  no credit left and waits for room (it also set ``TX_WAITING``). A
+  receiver that is not receiving right now still hears it (it watches its
+  door from a thread of its own), so room is given as soon as there is some.
 """
 
 from __future__ import annotations
@@ -180,7 +187,9 @@ SEGMENT_RECORD = struct.Struct("<II")  # kind, id
 RECORD_MAX = 8 + 16 * 253  # the largest record: 253 descriptors
 
 # The door.
-DOOR_CONNECT = struct.Struct("<IHHII")  # magic, version, flags, nslots, reserved
+DOOR_RECORD = struct.Struct("<IHHIIQ")  # magic, version, kind, nslots, reserved, token
+DOOR_CONNECT = 1
+DOOR_WANT = 2
 CONNECT_FDS = 3  # socket end, ring memfd, doorbell eventfd
 
 

@@ -31,10 +31,14 @@ class Loan:
         self.sent = False
 
     def release(self) -> None:
-        """Give the memory back if the loan was not sent. Idempotent."""
+        """Give the memory back if the loan was not sent. Idempotent.
+
+        Sending releases the view too: writing after the send is refused
+        (unless views made from it, such as numpy arrays, are still held).
+        """
         if not self.sent and self.segment is not None:
             self.segment.release_unsent(self.offset)
-        self.segment = None
+            self.segment = None
         try:
             self.view.release()
         except BufferError:  # views of it are alive: they keep the mapping

@@ -38,7 +38,7 @@ from ..message.message import COPY_LIMIT, Message, Sender
 from . import layout as L
 from .segments import SegmentReader
 
-__all__ = ["Inbound", "accept", "make_room"]
+__all__ = ["Inbound", "accept", "door_record", "make_room"]
 
 _SEQ_CST = 5
 _c_void_p = ctypes.c_void_p
@@ -52,18 +52,23 @@ _WAKE = L.RECORD_KIND.pack(L.REC_WAKE)
 _ANC_SIZE = socket.CMSG_SPACE(4 * cmsg.MAX_FDS)
 
 
-def accept(data: bytes, fds: list[int], creds: tuple[int, int, int] | None,
-           max_slots: int) -> Inbound:
-    """An Inbound from a CONNECT record; owns ``fds`` on success.
+def door_record(data: bytes) -> tuple[int, int, int]:
+    """(kind, nslots, token) of a door record; ProtocolError if it is none."""
+    if len(data) != L.DOOR_RECORD.size:
+        raise ProtocolError(f"a door record has {L.DOOR_RECORD.size} bytes, not {len(data)}")
+    magic, version, kind, nslots, reserved, token = L.DOOR_RECORD.unpack(data)
+    if magic != L.DOOR_MAGIC or version != L.VERSION or reserved or kind not in (L.DOOR_CONNECT, L.DOOR_WANT):
+        raise ProtocolError(f"not a redstone-ipc v{L.VERSION} door record")
+    return kind, nslots, token
 
-    ProtocolError (``fds`` left to the caller) if the record or the fds are
-    not what a connection needs.
+
+def accept(nslots: int, token: int, fds: list[int], creds: tuple[int, int, int] | None,
+           max_slots: int) -> Inbound:
+    """An Inbound from a CONNECT record's fields and fds; owns ``fds`` on success.
+
+    ProtocolError (``fds`` left to the caller) if they are not what a
+    connection needs.
     """
-    if len(data) != L.DOOR_CONNECT.size:
-        raise ProtocolError(f"a CONNECT record has {L.DOOR_CONNECT.size} bytes, not {len(data)}")
-    magic, version, flags, nslots, reserved = L.DOOR_CONNECT.unpack(data)
-    if magic != L.DOOR_MAGIC or version != L.VERSION or flags or reserved:
-        raise ProtocolError(f"not a redstone-ipc v{L.VERSION} CONNECT record")
     if len(fds) != L.CONNECT_FDS:
         raise ProtocolError(f"a CONNECT record carries {L.CONNECT_FDS} fds, not {len(fds)}")
     if nslots & (nslots - 1) or not 1 <= nslots <= max_slots:
@@ -95,7 +100,9 @@ def accept(data: bytes, fds: list[int], creds: tuple[int, int, int] | None,
         raise ProtocolError("a connection's ring header does not match its CONNECT record")
     os.close(ring_fd)  # the mapping is all we need of it
     fds.clear()
-    return Inbound(mm, nslots, sock, doorbell, Sender(*creds))
+    inbound = Inbound(mm, nslots, sock, doorbell, Sender(*creds))
+    inbound.token = token
+    return inbound
 
 
 def _adopt_seqpacket(fd: int) -> socket.socket:
@@ -116,7 +123,7 @@ class Inbound:
     __slots__ = (
         "mm", "nslots", "_mask", "_w", "_q", "_head_ptr", "_credits", "sock", "doorbell",
         "sender", "tail", "granted", "reclaimed", "segments", "closed", "dead_views",
-        "freed", "idle", "active", "__weakref__",
+        "freed", "idle", "active", "token", "__weakref__",
     )
 
     def __init__(self, mm: mmap.mmap, nslots: int, sock: socket.socket, doorbell: int,
@@ -142,6 +149,7 @@ class Inbound:
         self.freed = 0  # credits freed by delivering its messages, not granted back yet
         self.idle = 0  # receives in a row that found nothing new on it
         self.active = False  # polled without a doorbell (RX_SLEEPING clear while awake)
+        self.token = 0  # names the connection in the sender's door records
 
     # -- reading ---------------------------------------------------------------
 
@@ -264,12 +272,20 @@ class Inbound:
 
     def _next_record(self, fd_count: int) -> tuple[bytes, list[int]]:
         """The next record on the socket; it must be there already."""
-        try:
-            data, anc, msg_flags, _ = self.sock.recvmsg(L.RECORD_MAX, _ANC_SIZE, _RECV_FLAGS)
-        except BlockingIOError:
-            raise ProtocolError("a slot's record was not sent before the slot") from None
-        except OSError as e:
-            raise ProtocolError(f"a slot's record cannot be read: {e.strerror}") from None
+        for _ in range(2):
+            try:
+                data, anc, msg_flags, _ = self.sock.recvmsg(L.RECORD_MAX, _ANC_SIZE, _RECV_FLAGS)
+                break
+            except BlockingIOError:
+                raise ProtocolError("a slot's record was not sent before the slot") from None
+            except ConnectionResetError:
+                # The sender closed with records of ours unread (WAKEs): the
+                # kernel says so once, then hands over what it had sent.
+                continue
+            except OSError as e:
+                raise ProtocolError(f"a slot's record cannot be read: {e.strerror}") from None
+        else:
+            raise ProtocolError("a slot's record cannot be read: the connection was reset")
         fds: list[int] = []
         for level, kind, raw in anc:
             if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
@@ -352,6 +368,21 @@ class Inbound:
         self._w[L.OFF_RX_STATE >> 2] = L.RX_SLEEPING if sleeping else 0
 
     # -- closing ---------------------------------------------------------------
+
+    def forget(self) -> None:
+        """Close this process's copies (after fork), leaving shared state alone."""
+        self.closed = True
+        self.sock.close()
+        os.close(self.doorbell)
+        for segment in self.segments.values():
+            segment.close()
+        self.segments.clear()
+        self._w.release()
+        self._q.release()
+        try:
+            self.mm.close()
+        except BufferError:
+            pass
 
     def close(self, reason: int) -> None:
         """End the connection: tell the sender why, wake it, let go of everything."""

@@ -140,7 +140,10 @@ class SegmentWriter:
     def close(self) -> None:
         self.data.release()
         self.tags.release()
-        self.mm.close()
+        try:
+            self.mm.close()
+        except BufferError:  # a loan's view is still held: the mapping goes with it
+            pass
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -58,7 +58,7 @@ class Outbound:
     __slots__ = (
         "mm", "nslots", "_mask", "_w", "_q", "_head", "_head_ptr", "_credits", "sock",
         "_doorbell", "_theirs", "_ring_fd", "_segments", "_current", "_next_segment_id",
-        "__weakref__",
+        "closed", "token", "_final_reason", "__weakref__",
     )
 
     def __init__(self, nslots: int) -> None:
@@ -95,14 +95,21 @@ class Outbound:
         self._segments: dict[int, SegmentWriter] = {}
         self._current: SegmentWriter | None = None
         self._next_segment_id = 1
+        self.closed = False
+        self._final_reason = 0
+        self.token = int.from_bytes(os.urandom(8), "little")
 
     # -- connecting ------------------------------------------------------------
 
     def connect_record(self) -> tuple[bytes, list[int]]:
         """The CONNECT record for the door, and the fds it carries."""
         assert self._theirs is not None
-        head = L.DOOR_CONNECT.pack(L.DOOR_MAGIC, L.VERSION, 0, self.nslots, 0)
+        head = L.DOOR_RECORD.pack(L.DOOR_MAGIC, L.VERSION, L.DOOR_CONNECT, self.nslots, 0, self.token)
         return head, [self._theirs.fileno(), self._ring_fd, self._doorbell]
+
+    def want_record(self) -> bytes:
+        """The WANT record: this connection waits for room."""
+        return L.DOOR_RECORD.pack(L.DOOR_MAGIC, L.VERSION, L.DOOR_WANT, 0, 0, self.token)
 
     def connected(self) -> None:
         """The CONNECT record went out: drop what only the receiver needs."""
@@ -181,6 +188,7 @@ class Outbound:
             store_u64(self._head_ptr, h)
         if payload.__class__ is Loan:
             payload.sent = True  # type: ignore[attr-defined]
+            payload.release()  # type: ignore[attr-defined]  # the receiver reads it now: no more writes
         return SENT
 
     def ring_if_asleep(self) -> None:
@@ -296,20 +304,28 @@ class Outbound:
     # -- state -----------------------------------------------------------------
 
     def closed_reason(self) -> int:
-        """Why the receiver ended the connection (``layout.CLOSED_*``), 0 if open."""
+        """Why the receiver ended the connection (``layout.CLOSED_*``), 0 if open
+        (or if it hung up without a word: it died)."""
+        if self.closed:
+            return self._final_reason
         return self._w[L.OFF_RX_CLOSED >> 2]
 
     def set_waiting(self, waiting: bool) -> None:
         """Say that this sender sleeps for room (the receiver then sends REC_WAKE)."""
-        self._w[L.OFF_TX_STATE >> 2] = L.TX_WAITING if waiting else 0
+        if not self.closed:
+            self._w[L.OFF_TX_STATE >> 2] = L.TX_WAITING if waiting else 0
 
     def credits(self) -> int:
         """The credits left (signed), as the word says now."""
+        if self.closed:
+            return 0
         v = self._w[L.OFF_CREDITS >> 2]
         return v - (1 << 32) if v & 0x8000_0000 else v
 
     def drain_wakes(self) -> bool:
         """Read the WAKE records waiting on the socket; False at hang-up."""
+        if self.closed:
+            return False
         sock = self.sock
         while True:
             try:
@@ -323,6 +339,11 @@ class Outbound:
 
     def close(self) -> None:
         """Close everything of this connection in this process."""
+        if self.closed:
+            return
+        self.drain_wakes()  # unread WAKEs would make the receiver's next read fail once
+        self._final_reason = self._w[L.OFF_RX_CLOSED >> 2]
+        self.closed = True
         self.sock.close()
         if self._theirs is not None:
             self._theirs.close()
