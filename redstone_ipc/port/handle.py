@@ -22,6 +22,7 @@ operators would cost ten times more per call.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, ClassVar
 
 from ..core.object import Handle, KernelObject, Rights
@@ -34,6 +35,7 @@ from .owner import ReceiveSide
 
 __all__ = ["Mailbox", "MailboxHandle"]
 
+_MAKING = threading.Lock()
 _SEND = int(Rights.SEND)
 _RECEIVE = int(Rights.RECEIVE)
 _has = int.__and__
@@ -64,9 +66,15 @@ class Mailbox(KernelObject):
     def get_outlet(self) -> Outlet:
         outlet = self.outlet
         if outlet is None:
-            if self.send_door is None:
-                raise InvalidHandle("this endpoint cannot send (it arrived without SEND)")
-            outlet = self.outlet = Outlet(self.send_door, self.nslots, self.gone, self.gone_text)
+            with _MAKING:  # two threads' first sends must share one outlet
+                outlet = self.outlet
+                if outlet is None:
+                    if self.send_door is None:
+                        raise InvalidHandle("this endpoint cannot send (it arrived without SEND)")
+                    if self._destroyed:
+                        raise InvalidHandle("the handle was closed in this process while in use")
+                    outlet = Outlet(self.send_door, self.nslots, self.gone, self.gone_text)
+                    self.outlet = outlet
         return outlet
 
     def get_inbox(self) -> Inbox:
