@@ -167,7 +167,8 @@ class MailboxHandle(Handle):
         obj: Any = self._object
         if obj is None or not _has(self._rights, _RECEIVE):
             obj = self._require(Rights.RECEIVE)
-        inbox = obj.receive.inbox if obj.receive is not None else None
+        receive = obj.receive
+        inbox = receive.inbox if receive is not None else None
         return (inbox or obj.get_inbox()).recv(timeout)
 
     async def recv_async(self, timeout: float | None = None) -> Message:

@@ -59,6 +59,7 @@ import socket
 import threading
 import time
 from collections import deque
+from typing import Callable
 
 from ..errors import Empty, IpcError, OutOfFds, ProtocolError, ReceiveTimedOut
 from ..linux import cmsg, eventfd
@@ -74,6 +75,7 @@ __all__ = ["Inbox"]
 
 _now = time.monotonic
 _EPOLLIN = select.EPOLLIN
+_HEAD_Q = L.OFF_HEAD >> 3
 _EPOLLHUP = select.EPOLLHUP | select.EPOLLRDHUP | select.EPOLLERR
 _DONTWAIT = int(socket.MSG_DONTWAIT)
 _RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC) | _DONTWAIT
@@ -82,9 +84,9 @@ _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _SCM_CREDENTIALS = cmsg.SCM_CREDENTIALS
 
-SPIN_MAX = 200  # polls of the active connections before sleeping (tens of µs)
-SPIN_YIELD_EVERY = 8  # give the CPU away now and then: the peer may share it
-DEMOTE_AFTER = 64  # receives in a row that found nothing new on a connection
+SPIN_MAX = 400  # polls of the active connections before sleeping (~10-30 µs)
+SPIN_YIELD_MAX = 128  # polls between two sched_yield at most
+DEMOTE_AFTER = 64  # sleeps in a row during which a connection published nothing
 EVENTS_EVERY = 64  # messages handed out between two looks at the door and doorbells
 
 
@@ -102,6 +104,7 @@ class Inbox:
         self.mutex = threading.Lock()
         self.cond = Condition(self.mutex)
         self.pool = capacity
+        self.batch = max(1, capacity // 4)  # freed credits given back together
         self.queued = 0
         self.queue: PriorityQueue[tuple[Message, Inbound | None]] = PriorityQueue()
         self.replies: dict[int, tuple[Message, Inbound | None]] = {}
@@ -121,6 +124,7 @@ class Inbox:
         self.async_loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         self.handed = 0
         self.spin = SPIN_MAX
+        self.spin_yield = 8  # polls between two sched_yield (adapts)
         self.spin_misses = 0
         self.finalized = False
         self.kick = eventfd.counter()
@@ -138,20 +142,28 @@ class Inbox:
     def try_recv(self, txid: int = 0) -> Message:
         """The next message, or Empty at once."""
         with self.mutex:
-            msg = self._take_locked(txid)
+            msg = self._quick_locked() if not txid else None
+            if msg is None:
+                msg = self._take_locked(txid)
         if msg is None:
             raise Empty("no message is queued")
         return msg
 
-    def recv(self, timeout: float | None, txid: int = 0,
+    def recv(self, timeout: float | None = None, txid: int = 0,
              timeout_exc: type[Exception] = ReceiveTimedOut) -> Message:
         """The next message (or the reply ``txid``), sleeping until it comes."""
-        deadline = None if timeout is None else _now() + timeout
         mutex = self.mutex
         mutex.acquire()
         try:
+            if not txid:
+                msg = self._quick_locked()
+                if msg is not None:
+                    return msg
+            deadline = None if timeout is None else _now() + timeout
             while True:
-                msg = self._take_locked(txid)
+                msg = self._take_locked(txid, False) if txid else (
+                    self._quick_locked() or self._take_locked(0, False)
+                )
                 if msg is not None:
                     return msg
                 remaining = None
@@ -176,6 +188,34 @@ class Inbox:
         finally:
             mutex.release()
 
+    def _quick_locked(self) -> Message | None:
+        """The common case at its cheapest: nothing queued, one active
+        connection, one ordinary message published on it. None if not so."""
+        if self.queue._len or self.closed is not None or self.errors:
+            return None
+        active = self.active
+        if len(active) != 1:
+            return None
+        conn = active[0]
+        msg = conn.take_one()
+        if msg is None:
+            return None
+        txid = msg.txid
+        if txid and txid in self.pending:  # a call's reply, for a thread that waits
+            self.queued += 1
+            self.replies[txid] = (msg, conn)
+            self._notify_locked()
+            return None
+        self.handed += 1
+        freed = conn.freed + 1
+        conn.freed = freed
+        if freed >= self.batch:
+            conn.idle = 0
+            self._flush_locked(conn)
+        if self.wanters:
+            self._serve_wanters_locked()
+        return msg
+
     def _lead_locked(self, remaining: float | None) -> None:
         """Spin, then sleep in epoll as the leader; process what woke us.
 
@@ -187,6 +227,7 @@ class Inbox:
         try:
             if self._spin_locked():
                 return
+            self._demote_quiet_locked()
             self._arm_locked()
             try:
                 if self._ready_locked():
@@ -209,36 +250,86 @@ class Inbox:
         if self.closed is None:  # else our fds may be closed already
             self._events_locked(events)
 
+    def _demote_quiet_locked(self) -> None:
+        """Before sleeping: connections quiet for DEMOTE_AFTER sleeps in a row
+        stop being polled (their next message writes the doorbell)."""
+        if self.sleepers:
+            return
+        for conn in list(self.active):
+            conn.idle += 1
+            if conn.idle >= DEMOTE_AFTER:
+                self._demote_locked(conn)
+
     def _spin_locked(self) -> bool:
-        """Poll the active connections a little; whether something came."""
+        """Poll the active connections a little before sleeping; whether
+        something came.
+
+        Spinning pays only when the sender runs on another CPU at the same
+        time; on a shared CPU it only delays the sender. So the spin adapts:
+        it gives the CPU away (``sched_yield``) every ``spin_yield`` polls,
+        often when messages have been arriving only after a yield (the sender
+        needed our CPU), rarely when they arrive while we poll (it runs
+        beside us); and it stops spinning for a while after spins that ended
+        in sleep anyway.
+        """
         budget = self.spin
-        if not budget or not self.active:
+        active = self.active
+        if not budget or not active:
             if not budget:
                 self.spin_misses += 1
                 if self.spin_misses >= 64:  # probe again now and then
                     self.spin, self.spin_misses = SPIN_MAX, 0
             return False
-        active = self.active
+        every = self.spin_yield
         yield_ = os.sched_yield
-        for i in range(budget):
-            for conn in active:
-                if conn.published():
-                    self.spin_misses = 0
+        if len(active) == 1 and TSO:
+            conn = active[0]  # one sender: poll its HEAD word itself, cheaply
+            q = conn._q
+            tail = conn.tail
+            i = 0
+            while i < budget:
+                for _ in range(every):
+                    if q[_HEAD_Q] != tail:
+                        self._spun(i)
+                        return True
+                i += every
+                if not self._yield_locked(yield_):
                     return True
-            if i % SPIN_YIELD_EVERY == SPIN_YIELD_EVERY - 1:
-                self.mutex.release()  # let other threads of ours in meanwhile
-                try:
-                    yield_()
-                finally:
-                    deferred = acquire_deferring(self.mutex)
-                    if deferred is not None:
-                        raise deferred
-                if self.closed is not None or self.queue or self.errors:
+        else:
+            i = 0
+            while i < budget:
+                for _ in range(every):
+                    for conn in active:
+                        if conn.published():
+                            self._spun(i)
+                            return True
+                i += every
+                if not self._yield_locked(yield_):
                     return True
         self.spin_misses += 1
         if self.spin_misses >= 3:  # spinning does not pay here: sleep at once for a while
             self.spin, self.spin_misses = 0, 0
         return False
+
+    def _yield_locked(self, yield_: Callable[[], None]) -> bool:
+        """Give the CPU away (and our mutex, to our other threads) for a moment;
+        False if meanwhile something came that ends the wait."""
+        self.mutex.release()
+        try:
+            yield_()
+        finally:
+            deferred = acquire_deferring(self.mutex)
+            if deferred is not None:
+                raise deferred
+        return not (self.closed is not None or self.queue._len or self.errors or self.replies)
+
+    def _spun(self, polls: int) -> None:
+        """A spin ended well after ``polls`` polls: adapt how often to yield."""
+        self.spin_misses = 0
+        if polls < self.spin_yield:
+            self.spin_yield = min(SPIN_YIELD_MAX, self.spin_yield * 2)  # it runs beside us
+        else:
+            self.spin_yield = max(1, self.spin_yield // 2)  # it needed our CPU
 
     def _ready_locked(self) -> bool:
         """After arming: whether anything is there to take (then do not sleep)."""
@@ -268,18 +359,24 @@ class Inbox:
 
     # -- taking a message --------------------------------------------------------
 
-    def _take_locked(self, txid: int) -> Message | None:
-        """The next message for this caller (drained from the connections first)."""
+    def _take_locked(self, txid: int, look_around: bool = True) -> Message | None:
+        """The next message for this caller (read from the connections first).
+
+        ``look_around``: when nothing is there, look at the epoll at once for
+        news (a connection, a hang-up, the door's end); a caller about to
+        sleep in it does not need to.
+        """
         if self.closed is not None:
             raise self.closed
         if self.errors:
             raise self.errors.popleft()
         entry = self._next_locked(txid)
-        if entry is None:
-            self._poll_events_locked()  # news: a connection, a hang-up, the door's end
+        if entry is None and look_around:
+            self._poll_events_locked()
             entry = self._next_locked(txid)
         if entry is not None:
             msg, conn = entry
+            self.queued -= 1
             self._handed_out_locked(conn)
             if (self.queue or self.replies) and (self.leader or self.followers or self.async_loops):
                 self._notify_locked()
@@ -301,20 +398,14 @@ class Inbox:
 
     def _drain_locked(self) -> None:
         """Read what the active connections published into the queue."""
-        for conn in self.active:
+        for conn in list(self.active):
             try:
                 n = conn.published()
                 if n:
                     conn.idle = 0
                     self._read_locked(conn, n)
-                else:
-                    conn.idle += 1
-                    if conn.idle >= DEMOTE_AFTER and not self.sleepers:
-                        self._demote_locked(conn)
-                        break  # the list changed
             except ProtocolError as e:
                 self._drop_locked(conn, L.CLOSED_PROTOCOL, e)
-                break
         if self.handed >= EVENTS_EVERY:
             self.handed = 0
             self._poll_events_locked()
@@ -325,34 +416,39 @@ class Inbox:
             conn.read(n, out)
         finally:  # what was read before a bad slot is kept
             pending = self.pending
+            put = self.queue.put
             for msg in out:
-                self.queued += 1
                 txid = msg.txid
                 if txid and txid in pending:
                     self.replies[txid] = (msg, conn)
                 else:
-                    self.queue.put(msg.priority, (msg, conn))
+                    put(msg.priority, (msg, conn))
+            self.queued += len(out)
             if out:
-                if conn.tx_waiting():
-                    conn.wake_sender()  # copies released data room it may wait for
+                if conn.data_freed:
+                    self._data_freed_locked(conn)
                 if self.followers or self.async_loops:
                     self._notify_locked()  # a reply, or work, for another waiter
 
+    def _data_freed_locked(self, conn: Inbound) -> None:
+        """Payloads copied out of a data segment freed room: a sender may wait for it."""
+        conn.data_freed = False
+        if not TSO:
+            full_fence()
+        if conn.tx_waiting():
+            conn.wake_sender()
+
     def _handed_out_locked(self, conn: Inbound | None) -> None:
-        """A message left the queue: its credit is free."""
-        self.queued -= 1
+        """A message left the inbox: its credit is free."""
         self.handed += 1
         if conn is None or conn.closed:
             self.pool += 1
         else:
             conn.freed += 1
-            if conn.freed >= self._batch() or conn.tx_waiting():
+            if conn.freed >= self.batch:
                 self._flush_locked(conn)
         if self.wanters:
             self._serve_wanters_locked()
-
-    def _batch(self) -> int:
-        return max(1, self.capacity // 4)
 
     # -- credits ---------------------------------------------------------------
 
@@ -582,7 +678,7 @@ class Inbox:
             return
         self.pool += conn.owed() + conn.freed  # what it held or freed comes back
         conn.freed = 0
-        conn.tail = conn.granted - conn.reclaimed  # (nothing owed any more)
+        conn.tail = conn.allowed  # (nothing owed any more)
         self.conns.pop(conn.doorbell, None)
         self.hup.pop(conn.sock.fileno(), None)
         self.tokens.pop(conn.token, None)

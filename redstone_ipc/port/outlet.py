@@ -57,6 +57,7 @@ _DONTWAIT = int(socket.MSG_DONTWAIT)
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _POLLIN = select.POLLIN
+_RX_STATE = L.OFF_RX_STATE >> 2
 _HUP = select.POLLHUP | select.POLLERR
 
 LOCAL_INBOXES: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
@@ -99,6 +100,26 @@ class Outlet:
 
     def send(self, msg: Message, priority: int, timeout: float | None, handle: Handle) -> None:
         """Queue ``msg``; QueueFull (``timeout=0``) or SendTimedOut without room."""
+        lock = self.lock
+        lock.acquire()
+        conn = self.conn
+        if conn is not None:  # the common case: connected, room
+            try:
+                status = conn.try_send(msg._payload, msg.msg_type, priority, msg.txid, msg.handles)
+            finally:
+                lock.release()  # a full fence on x86: the HEAD store before the load below
+            if not status:
+                if not TSO:
+                    full_fence()
+                if conn._w[_RX_STATE]:
+                    os.eventfd_write(conn._doorbell, 1)  # the receiver said it sleeps
+                return
+        else:
+            lock.release()
+        self._send_slow(msg, priority, timeout, handle)
+
+    def _send_slow(self, msg: Message, priority: int, timeout: float | None,
+                   handle: Handle) -> None:
         deadline = None
         while True:
             lock = self.lock
@@ -109,7 +130,7 @@ class Outlet:
                     conn = self._connect_locked()
                 status = conn.try_send(msg._payload, msg.msg_type, priority, msg.txid, msg.handles)
             finally:
-                lock.release()  # a full fence on x86: the HEAD store before the load below
+                lock.release()
             if status == SENT:
                 if not TSO:
                     full_fence()

@@ -50,6 +50,11 @@ _unpack_slot = L.SLOT.unpack_from
 _received = Message._received
 _WAKE = L.RECORD_KIND.pack(L.REC_WAKE)
 _ANC_SIZE = socket.CMSG_SPACE(4 * cmsg.MAX_FDS)
+_HEAD_Q = L.OFF_HEAD >> 3
+_CONTROL = L.CONTROL_SIZE
+_SLOT_SIZE = L.SLOT_SIZE
+_SLOT_HEAD = L.SLOT_HEAD
+_INLINE_MAX = L.INLINE_MAX
 
 
 def door_record(data: bytes) -> tuple[int, int, int]:
@@ -123,7 +128,7 @@ class Inbound:
     __slots__ = (
         "mm", "nslots", "_mask", "_w", "_q", "_head_ptr", "_credits", "sock", "doorbell",
         "sender", "tail", "granted", "reclaimed", "segments", "closed", "dead_views",
-        "freed", "idle", "active", "token", "__weakref__",
+        "freed", "idle", "active", "token", "allowed", "data_freed", "__weakref__",
     )
 
     def __init__(self, mm: mmap.mmap, nslots: int, sock: socket.socket, doorbell: int,
@@ -142,6 +147,7 @@ class Inbound:
         self.tail = 0  # messages read (ours; never read back from shared memory)
         self.granted = 0  # credits ever granted
         self.reclaimed = 0  # credits ever taken back
+        self.allowed = 0  # granted - reclaimed: messages it may have published in all
         self.segments: dict[int, SegmentReader] = {}
         self.closed = False
         self.dead_views: list[SegmentReader] = []  # closed while views were alive
@@ -150,20 +156,40 @@ class Inbound:
         self.idle = 0  # receives in a row that found nothing new on it
         self.active = False  # polled without a doorbell (RX_SLEEPING clear while awake)
         self.token = 0  # names the connection in the sender's door records
+        self.data_freed = False  # a payload was copied out of a data segment (released)
 
     # -- reading ---------------------------------------------------------------
 
     def published(self) -> int:
         """Messages published and not read yet, checked (ProtocolError if the
         sender wrote an impossible HEAD)."""
-        h = self._q[L.OFF_HEAD >> 3] if TSO else load_u64(self._head_ptr)
+        h = self._q[_HEAD_Q] if TSO else load_u64(self._head_ptr)
         n = h - self.tail
-        if n and (n < 0 or n > self.nslots or h > self.granted - self.reclaimed):
+        if n and (n < 0 or n > self.nslots or h > self.allowed):
             raise ProtocolError(
                 f"the sender published message {h} but {self.tail} were read, "
-                f"{self.granted - self.reclaimed} allowed and the ring holds {self.nslots}"
+                f"{self.allowed} allowed and the ring holds {self.nslots}"
             )
         return n
+
+    def take_one(self) -> Message | None:
+        """The next message if exactly one is published and it is an ordinary
+        small one (the common case, made cheap); None otherwise: use
+        ``published`` and ``read``."""
+        tail = self.tail
+        h = self._q[_HEAD_Q] if TSO else load_u64(self._head_ptr)
+        if h != tail + 1 or h > self.allowed:
+            return None
+        mm = self.mm
+        off = _CONTROL + (tail & self._mask) * _SLOT_SIZE
+        size, handle_count, msg_type, reserved, priority, txid, flags, fd_count, seg, granule = (
+            _unpack_slot(mm, off)
+        )
+        if flags or handle_count or reserved or size > _INLINE_MAX:
+            return None
+        self.tail = h
+        start = off + _SLOT_HEAD
+        return _received(msg_type, mm[start:start + size], [], priority, txid, self.sender)
 
     def read(self, count: int, out: list[Message]) -> None:
         """Read ``count`` published messages (from ``published()``) into ``out``.
@@ -177,14 +203,12 @@ class Inbound:
         tail = self.tail
         sender = self.sender
         for _ in range(count):
-            off = L.CONTROL_SIZE + (tail & mask) * L.SLOT_SIZE
+            off = _CONTROL + (tail & mask) * _SLOT_SIZE
             size, handle_count, msg_type, reserved, priority, txid, flags, fd_count, seg, granule = (
                 _unpack_slot(mm, off)
             )
-            if flags == 0 and not (handle_count or reserved):  # the common case
-                if size > L.INLINE_MAX:
-                    raise ProtocolError(f"an inline payload of {size} bytes (at most {L.INLINE_MAX})")
-                start = off + L.SLOT_HEAD
+            if flags == 0 and not (handle_count or reserved) and size <= _INLINE_MAX:  # the common case
+                start = off + _SLOT_HEAD
                 out.append(_received(msg_type, mm[start:start + size], [], priority, txid, sender))
             else:
                 out.append(self._read_slow(off, size, handle_count, msg_type, reserved, priority,
@@ -219,6 +243,7 @@ class Inbound:
                 payload = segment.view(offset, size)
             else:
                 payload = segment.copy(offset, size)
+                self.data_freed = True
         return _received(msg_type, payload, handles, priority, txid, self.sender)
 
     def _segment(self, seg_id: int) -> SegmentReader:
@@ -307,6 +332,7 @@ class Inbound:
         if n > 0:
             _fetch_add(self._credits, n, _SEQ_CST)
             self.granted += n
+            self.allowed += n
 
     def reclaim(self) -> int:
         """Take back the credits the sender holds unused; how many.
@@ -323,12 +349,13 @@ class Inbound:
         if got < want:  # the sender took some meanwhile: give back what was not there
             _fetch_add(self._credits, want - got, _SEQ_CST)
         published = self._q[L.OFF_HEAD >> 3] if TSO else load_u64(self._head_ptr)
-        if got + published > self.granted - self.reclaimed:
+        if got + published > self.allowed:
             raise ProtocolError(
                 f"the sender held {got} credits and published {published} messages "
                 f"but was granted {self.granted - self.reclaimed}"
             )
         self.reclaimed += got
+        self.allowed -= got
         return got
 
     def credits_left(self) -> int:
@@ -339,7 +366,7 @@ class Inbound:
 
     def owed(self) -> int:
         """Credits this connection holds or turned into messages not read yet."""
-        return self.granted - self.reclaimed - self.tail
+        return self.allowed - self.tail
 
     # -- the sender's sleep ------------------------------------------------------
 

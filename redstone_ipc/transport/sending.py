@@ -50,6 +50,13 @@ _c_void_p = ctypes.c_void_p
 _DONTWAIT = int(socket.MSG_DONTWAIT)
 _pack_slot = L.SLOT.pack_into
 _WAKE_RECORD_SIZE = L.RECORD_KIND.size
+_RX_CLOSED = L.OFF_RX_CLOSED >> 2  # indexes into the control page as u32 / u64 words
+_RX_STATE = L.OFF_RX_STATE >> 2
+_HEAD_Q = L.OFF_HEAD >> 3
+_CONTROL = L.CONTROL_SIZE
+_SLOT_SIZE = L.SLOT_SIZE
+_SLOT_HEAD = L.SLOT_HEAD
+_INLINE_MAX = L.INLINE_MAX
 
 
 class Outbound:
@@ -125,9 +132,37 @@ class Outbound:
     def try_send(self, payload: object, msg_type: int, priority: int, txid: int,
                  handles: list[Handle]) -> int:
         """Publish one message (see the module docstring for the result)."""
-        w = self._w
-        if w[L.OFF_RX_CLOSED >> 2]:
+        if self._w[_RX_CLOSED]:
             return CLOSED
+        cls = payload.__class__
+        # The common case first: a small payload of bytes, no handle.
+        if (cls is bytes or cls is memoryview) and not handles:
+            size = len(payload) if cls is bytes else payload.nbytes  # type: ignore[arg-type, attr-defined]
+            if size <= _INLINE_MAX and (cls is bytes or payload.format == "B"):  # type: ignore[attr-defined]
+                if not -0x8000_0000 <= priority <= 0x7FFF_FFFF:
+                    raise ValueError(f"priority must fit an i32, not {priority}")
+                credits = self._credits
+                old = _fetch_add(credits, _MINUS_ONE, _SEQ_CST)
+                if not 0 < old < 0x8000_0000:  # it was 0, or negative: no credit
+                    _fetch_add(credits, 1, _SEQ_CST)
+                    return NO_CREDIT
+                h = self._head
+                off = _CONTROL + (h & self._mask) * _SLOT_SIZE
+                mm = self.mm
+                mm[off + _SLOT_HEAD:off + _SLOT_HEAD + size] = payload  # type: ignore[index]
+                _pack_slot(mm, off, size, 0, msg_type, 0, priority, txid, 0, 0, 0, 0)
+                h += 1
+                self._head = h
+                if TSO:
+                    self._q[_HEAD_Q] = h
+                else:
+                    store_u64(self._head_ptr, h)
+                return SENT
+        return self._try_send_general(payload, msg_type, priority, txid, handles)
+
+    def _try_send_general(self, payload: object, msg_type: int, priority: int, txid: int,
+                          handles: list[Handle]) -> int:
+        """try_send for loans, data segments, handles and any buffer."""
         if payload.__class__ is Loan:
             size = payload.nbytes  # type: ignore[attr-defined]
         else:
@@ -183,7 +218,7 @@ class Outbound:
         h += 1
         self._head = h
         if TSO:
-            self._q[L.OFF_HEAD >> 3] = h
+            self._q[_HEAD_Q] = h
         else:
             store_u64(self._head_ptr, h)
         if payload.__class__ is Loan:
@@ -193,7 +228,7 @@ class Outbound:
 
     def ring_if_asleep(self) -> None:
         """After a full fence: write the doorbell if the receiver said it sleeps."""
-        if self._w[L.OFF_RX_STATE >> 2] & L.RX_SLEEPING:
+        if self._w[_RX_STATE]:
             os.eventfd_write(self._doorbell, 1)
 
     def ring(self) -> None:
@@ -308,7 +343,7 @@ class Outbound:
         (or if it hung up without a word: it died)."""
         if self.closed:
             return self._final_reason
-        return self._w[L.OFF_RX_CLOSED >> 2]
+        return self._w[_RX_CLOSED]
 
     def set_waiting(self, waiting: bool) -> None:
         """Say that this sender sleeps for room (the receiver then sends REC_WAKE)."""
