@@ -81,9 +81,10 @@ class Child:
 
     PRELUDE = "import os, sys\nfrom redstone_ipc import *\n"
 
-    def __init__(self, code: str, *args: object) -> None:
+    def __init__(self, code: str, *args: object, prelude: bool = True) -> None:
+        code = textwrap.dedent(code)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", self.PRELUDE + textwrap.dedent(code), *map(str, args)],
+            [sys.executable, "-c", (self.PRELUDE if prelude else "") + code, *map(str, args)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -137,8 +138,8 @@ def child(no_leak) -> Iterator[type[Child]]:
     closed before ``no_leak`` counts fds."""
     started: list[Child] = []
 
-    def start(code: str, *args: object) -> Child:
-        c = Child(code, *args)
+    def start(code: str, *args: object, prelude: bool = True) -> Child:
+        c = Child(code, *args, prelude=prelude)
         started.append(c)
         return c
 
@@ -796,3 +797,20 @@ def test_pickling_a_handle_points_to_publish_and_connect():
     with SharedMemory.create(4096) as shm:
         with pytest.raises(TypeError, match=r"redstone_ipc\.publish\(name, handle\).*connect"):
             pickle.dumps(shm)
+
+
+def test_the_readme_names_snippets_run_as_written(child):
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    section = readme.split("### Names: unrelated processes meet")[1].split("\n## ")[0]
+    server_code, client_code, allow_code, async_code = re.findall(r"```python\n(.*?)```", section, re.S)
+    client = child(client_code, prelude=False)  # started first: it waits for the name
+    server = child(server_code, prelude=False)
+    assert client.line() == "b'HELLO'"
+    assert client.finish() == 0, client.stderr()
+    server.proc.send_signal(signal.SIGINT)  # Ctrl-C
+    server.finish()
+    with pytest.raises(NameNotFound):
+        connect("demo/echo", timeout=0)
+    for code in (allow_code, async_code):
+        snippet = child(code, prelude=False)
+        assert snippet.finish() == 0, snippet.stderr()
