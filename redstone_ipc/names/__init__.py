@@ -11,14 +11,12 @@ Names are Linux abstract AF_UNIX addresses in a per-user namespace
 from .address import MAX_NAME
 from .allow import Allow, AllowSpec
 from .client import connect, connect_async
-from .credentials import PeerCredentials
 from .publication import Publication, publish
 
 __all__ = [
     "MAX_NAME",
     "Allow",
     "AllowSpec",
-    "PeerCredentials",
     "Publication",
     "connect",
     "connect_async",
