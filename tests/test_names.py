@@ -257,6 +257,9 @@ def test_a_sigkilled_publishers_name_can_be_published_again_at_once(child, name)
 
 
 FORKS_THEN_CLOSES = """
+    import os, sys, time
+    os.register_at_fork(after_in_child=lambda: time.sleep(0.3))  # a child slow to start:
+    from redstone_ipc import *                                  # it runs before ours
     name = sys.argv[1]
     shm = SharedMemory.create(4096)
     pub = publish(name, shm)
@@ -279,7 +282,7 @@ FORKS_THEN_CLOSES = """
 
 
 def test_a_forked_child_does_not_keep_the_name_alive(child, name):
-    program = child(FORKS_THEN_CLOSES, name)
+    program = child(FORKS_THEN_CLOSES, name, prelude=False)
     assert program.line() == "published again"
     assert program.line() == "child 0", "the child's copy of the publication is closed"
     assert program.finish() == 0, program.stderr()

@@ -14,9 +14,10 @@ thread never touches the user's main thread or event loop, which is why
 ``publish`` works the same anywhere, inside a running asyncio loop included.
 
 Closing stops the thread, then closes the listener: the name is free the
-moment ``close`` returns. Forked children never keep a name alive: after a
-fork the child closes its copies of every listener (the serving threads
-did not survive the fork anyway).
+moment ``close`` returns. Forked children never keep a name alive: a child
+closes its copies of every listener first thing, and ``close`` waits for
+children that have not yet (the serving threads did not survive the fork
+anyway; see the end of this module).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import select
 import socket
 import threading
+import time
 import weakref
 
 from ..core.object import Handle, ObjectType, Rights
@@ -158,7 +160,8 @@ class Publication:
                 if self._wake >= 0:
                     os.eventfd_write(self._wake, 1)
         if self._thread is not threading.current_thread():
-            self._thread.join()
+            self._thread.join()  # it closes the listener as it ends
+            _wait_for_forked_children()  # and no forked child holds a copy
 
     def __enter__(self) -> Publication:
         return self
@@ -212,7 +215,9 @@ class Publication:
                 # Out of fds or memory: the connection stays queued and poll
                 # would return at once. Say so, then retry a little later.
                 log.error("%s: cannot accept a connection (%s); retrying", self.name, e)
-                select.select([self._wake], [], [], 0.1)
+                pause = select.poll()
+                pause.register(self._wake, select.POLLIN)
+                pause.poll(100)  # ms, or until close
                 return
             with conn:
                 try:
@@ -297,12 +302,83 @@ def _listen(addr: bytes, name: str) -> socket.socket:
     return listener
 
 
+# -- fork: a child must not keep a name alive ------------------------------------
+#
+# A forked child inherits every listener fd, and a bound address lives while
+# any copy does. The child closes its copies first thing after the fork, but
+# it may not have run yet when the parent closes a publication and publishes
+# the name again. So each fork made while something is published gets a
+# pipe: the child writes a byte once it let go, and ``close`` waits for the
+# bytes of children that have not yet (a fork costs a pipe, not a wait). A
+# child that does not answer within _FORK_WAIT (stopped at birth, say) is
+# not waited for again.
+
+_FORK_WAIT = 1.0
+_fork = threading.local()  # the pipe of the fork this thread is making
+_acks: list[int] = []  # read ends from children that may not have let go yet
+_acks_lock = threading.Lock()
+
+
+def _before_fork() -> None:
+    _fork.pipe = os.pipe2(os.O_CLOEXEC) if _live else None
+
+
+def _after_fork_in_parent() -> None:
+    pipe = getattr(_fork, "pipe", None)
+    _fork.pipe = None
+    if pipe is not None:
+        os.close(pipe[1])
+        with _acks_lock:
+            _acks.append(pipe[0])
+            _collect_acks(0)  # forget children that already let go
+
+
+def _wait_for_forked_children() -> None:
+    """Return once every child forked while a name was published has closed
+    its copies of the listeners (or _FORK_WAIT has passed)."""
+    with _acks_lock:
+        _collect_acks(_FORK_WAIT)
+        for r in _acks:  # never answered: not waited for again
+            os.close(r)
+        _acks.clear()
+
+
+def _collect_acks(timeout: float) -> None:
+    """Close the read ends whose child has let go (a byte, or EOF if it died),
+    waiting up to ``timeout`` in all."""
+    deadline = time.monotonic() + timeout
+    waiting = []
+    for r in _acks:
+        poller = select.poll()
+        poller.register(r, select.POLLIN)
+        if poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+            os.close(r)
+        else:
+            waiting.append(r)
+    _acks[:] = waiting
+
+
 def _after_fork_in_child() -> None:
+    global _acks_lock
+    _acks_lock = threading.Lock()  # another thread may have held it at fork time
+    for r in _acks:  # the parent's, not ours
+        os.close(r)
+    _acks.clear()
     for publication in list(_live):
         try:
             publication._after_fork_in_child()
         except Exception:  # pragma: no cover - never fail a fork over this
             pass
+    pipe = getattr(_fork, "pipe", None)
+    _fork.pipe = None
+    if pipe is not None:
+        os.close(pipe[0])
+        os.write(pipe[1], b"\0")  # a byte, not EOF: another thread's child may hold it too
+        os.close(pipe[1])
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
