@@ -99,22 +99,21 @@ class Publication:
         self.refused = 0
         self._closed = False
         self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._wake = -1
+        self._thread: threading.Thread | None = None
         self._handle = _published_duplicate(handle)
-        try:
-            self._listener = _listen(self._address, name)
-            try:
-                self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-            except BaseException:
-                self._listener.close()
-                raise
-        except BaseException:
-            self._handle.close()
-            raise
-        self._thread = threading.Thread(
-            target=self._serve, name=f"redstone-ipc publish {name}", daemon=True
-        )
+        self._type = self._handle.type
+        # Known to the fork handler before the socket exists: a fork from
+        # another thread at any point from here on is covered.
         _live.add(self)
         try:
+            self._listener = _listen(self._address, name)
+            self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._thread = threading.Thread(
+                target=self._serve, args=(self._listener, self._wake),
+                name=f"redstone-ipc publish {name}", daemon=True,
+            )
             self._thread.start()
         except BaseException:
             self._release()
@@ -130,7 +129,7 @@ class Publication:
     @property
     def type(self) -> ObjectType:
         """The kind of object published."""
-        return self._handle.type
+        return self._type
 
     @property
     def closed(self) -> bool:
@@ -140,7 +139,7 @@ class Publication:
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
         return (
-            f"<Publication {self.name!r} uid={self.owner} {self._handle.type.name}"
+            f"<Publication {self.name!r} uid={self.owner} {self._type.name}"
             f" granted={self.granted} refused={self.refused}{state}>"
         )
 
@@ -159,8 +158,9 @@ class Publication:
                 self._closed = True
                 if self._wake >= 0:
                     os.eventfd_write(self._wake, 1)
-        if self._thread is not threading.current_thread():
-            self._thread.join()  # it closes the listener as it ends
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()  # it closes the listener as it ends
             _wait_for_forked_children()  # and no forked child holds a copy
 
     def __enter__(self) -> Publication:
@@ -174,7 +174,8 @@ class Publication:
         _live.discard(self)
         with self._lock:
             self._closed = True
-            self._listener.close()  # the name is free from here on
+            if self._listener is not None:
+                self._listener.close()  # the name is free from here on
             if self._wake >= 0:
                 os.close(self._wake)
                 self._wake = -1
@@ -189,24 +190,24 @@ class Publication:
 
     # -- serving (the publication's thread) -------------------------------------
 
-    def _serve(self) -> None:
+    def _serve(self, listener: socket.socket, wake: int) -> None:
         try:
             poller = select.poll()
-            poller.register(self._listener, select.POLLIN)
-            poller.register(self._wake, select.POLLIN)
+            poller.register(listener, select.POLLIN)
+            poller.register(wake, select.POLLIN)
             while not self._closed:
                 poller.poll()
-                self._accept_all()
+                self._accept_all(listener, wake)
         except BaseException:  # pragma: no cover - a bug: say so, stop serving
             log.exception("%s: the serving thread failed; the name is no longer served", self.name)
         finally:
             self._release()
 
-    def _accept_all(self) -> None:
+    def _accept_all(self, listener: socket.socket, wake: int) -> None:
         """Answer every connection waiting in the backlog."""
         while not self._closed:
             try:
-                conn, _ = self._listener.accept()
+                conn, _ = listener.accept()
             except BlockingIOError:
                 return
             except OSError as e:
@@ -216,7 +217,7 @@ class Publication:
                 # would return at once. Say so, then retry a little later.
                 log.error("%s: cannot accept a connection (%s); retrying", self.name, e)
                 pause = select.poll()
-                pause.register(self._wake, select.POLLIN)
+                pause.register(wake, select.POLLIN)
                 pause.poll(100)  # ms, or until close
                 return
             with conn:
