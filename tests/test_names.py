@@ -21,7 +21,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -133,7 +133,7 @@ class Child:
 
 
 @pytest.fixture
-def child(no_leak) -> Iterator[type[Child]]:
+def child(no_leak) -> Iterator[Callable[..., Child]]:
     """Start programs with ``child(code, *args)``; all are killed and their pipes
     closed before ``no_leak`` counts fds."""
     started: list[Child] = []
@@ -143,7 +143,7 @@ def child(no_leak) -> Iterator[type[Child]]:
         started.append(c)
         return c
 
-    yield start  # type: ignore[misc]
+    yield start
     for c in started:
         c.close()
 
@@ -295,7 +295,7 @@ def test_closing_frees_the_name_at_once_and_leaves_nothing(no_leak, name):
             assert any(t.name == f"redstone-ipc publish {name}" for t in threading.enumerate())
             connect(name, timeout=0).close()
             pub.close()
-            assert pub.closed
+            assert pub.closed and repr(pub).endswith("closed>")
             with pytest.raises(NameNotFound):
                 connect(name, timeout=0)
             pub.close()  # twice: nothing
@@ -329,7 +329,7 @@ def test_waiting_for_a_name_backs_off(no_leak, name, monkeypatch):
     monkeypatch.setattr(connect_module, "_open", lambda a: attempts.append(a) or real_open(a))
     with pytest.raises(NameNotFound):
         connect(name, timeout=1.0)
-    assert 15 <= len(attempts) <= 30, len(attempts)
+    assert 8 <= len(attempts) <= 30, len(attempts)  # about 26 on an idle machine
 
 
 def test_connect_succeeds_when_the_name_appears_during_the_wait(no_leak, name, monkeypatch):
@@ -744,7 +744,7 @@ def test_connect_async_waits_for_a_name_then_times_out_or_finds_it(no_leak, name
         start = time.monotonic()
         with pytest.raises(NameNotFound):
             await connect_async(name, timeout=0.3)
-        assert 0.3 <= time.monotonic() - start < 0.6
+        assert 0.3 <= time.monotonic() - start < 0.8
 
         task = asyncio.create_task(connect_async(name, timeout=20, kind=SharedMemory))
         await asyncio.sleep(0)  # its first attempt finds nothing; it backs off
