@@ -16,6 +16,8 @@ from .errors import (
     IpcError,
     MappingInUse,
     MessageTooLarge,
+    NameInUse,
+    NameNotFound,
     NotMapped,
     OutOfMemory,
     PeerClosed,
@@ -36,6 +38,7 @@ from .channel import Channel, ChannelEndpoint, ChannelPair
 from .futex import Futex, FutexWord
 from .sched import WaitQueue
 from .sync import Condition, Event, Mutex, Semaphore
+from .names import Allow, Publication, connect, connect_async, publish
 
 __version__ = "0.1.0"
 
@@ -43,6 +46,7 @@ __all__ = [
     "HANDLE_TABLE",
     "PAGE_SIZE",
     "PIPE_BUF",
+    "Allow",
     "CapacityError",
     "Channel",
     "ChannelEndpoint",
@@ -63,6 +67,8 @@ __all__ = [
     "Message",
     "MessageHeader",
     "MessageTooLarge",
+    "NameInUse",
+    "NameNotFound",
     "Mutex",
     "NotMapped",
     "MappingInUse",
@@ -77,6 +83,7 @@ __all__ = [
     "PortClosed",
     "PortId",
     "PortStatus",
+    "Publication",
     "ProtocolError",
     "QueueFull",
     "Rights",
@@ -88,4 +95,7 @@ __all__ = [
     "TimedOut",
     "WaitQueue",
     "WouldBlock",
+    "connect",
+    "connect_async",
+    "publish",
 ]

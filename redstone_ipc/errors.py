@@ -27,6 +27,8 @@ __all__ = [
     "FutexError",
     "WouldBlock",
     "TimedOut",
+    "NameNotFound",
+    "NameInUse",
 ]
 
 
@@ -115,3 +117,14 @@ class WouldBlock(FutexError, BlockingIOError):
 class TimedOut(FutexError, TimeoutError):
     """A wait ran out of time."""
 
+
+
+# -- names: publish / connect -------------------------------------------------
+
+
+class NameNotFound(IpcError, FileNotFoundError):
+    """Nobody publishes that name (``connect`` waited its whole timeout)."""
+
+
+class NameInUse(IpcError, FileExistsError):
+    """A live process already publishes that name."""
