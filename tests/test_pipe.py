@@ -393,6 +393,15 @@ def test_not_enforced_a_holder_can_shut_its_end_down_for_everyone():
         h.close()
 
     reader, writer = Pipe.create()
+    other_writer = writer.duplicate()
+    with socket.socket(fileno=os.dup(writer.fileno())) as raw:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 10)  # the kernel doubles it
+    assert other_writer.capacity == 16 << 10, "the capacity changed for every holder"
+    with socket.socket(fileno=os.dup(writer.fileno())) as raw:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 10)
+    assert other_writer.write(b"a" * PIPE_BUF, timeout=0) == PIPE_BUF
+    assert other_writer.write(b"b" * PIPE_BUF, timeout=0) < PIPE_BUF, "a PIPE_BUF write was split"
+    other_writer.close()
     with socket.socket(fileno=os.dup(reader.fileno())) as raw:
         raw.shutdown(socket.SHUT_RD)
         with pytest.raises(BrokenPipeError):
@@ -571,6 +580,12 @@ def test_default_capacity_is_64_kib_like_a_linux_pipe():
     assert 0.97 * 65536 <= written <= 65536 + PIECE_MAX
     with pytest.raises(TimedOut):
         writer.write(b"z", timeout=0)
+
+    def another_writer_process() -> None:
+        with pytest.raises(TimedOut):
+            writer.write(b"z", timeout=0)  # the budget is shared
+
+    assert wait_child(fork_child(another_writer_process)) == 0
     assert read_exactly(reader, written) == b"x" * written
     assert writer.write(b"room again", timeout=0) == 10
     reader.close()
@@ -1054,7 +1069,9 @@ def test_splice_to_a_slow_tcp_socket_delivers_every_byte_it_takes():
     peer.start()
     moved = 0
     while moved < len(data):
-        moved += reader.splice_to(client, len(data) - moved, timeout=30)
+        n = reader.splice_to(client, len(data) - moved, timeout=30)
+        assert 0 < n <= 1 << 16, n  # one relay-full at most
+        moved += n
     feeder.join(30)
     peer.join(30)
     assert moved == len(data) and bytes(received) == data

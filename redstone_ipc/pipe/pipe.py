@@ -49,8 +49,8 @@ shared by every writer in every process (the writer's ``SO_SNDBUF``). The
 kernel charges each write its bookkeeping too, a few hundred bytes, and
 lets a write in while any budget is left:
 
-* large writes fill it to within 1%, and may pass it by one piece of at
-  most ``capacity / 2`` bytes (36 KiB at most);
+* large writes fill at least 97% of it, and may pass it by one piece of
+  at most ``capacity / 2`` bytes (36 KiB at most);
 * writes of :data:`PIPE_BUF` bytes fill at least 80% of it;
 * each write takes at least 512 bytes of it, so a pipe of tiny writes holds
   far fewer bytes than its capacity: ``capacity / 512`` writes at most.
@@ -116,7 +116,8 @@ What the kernel does not enforce
 The holders of one end share one socket. A holder working on the raw fd can
 shut it down (``shutdown(2)``), which ends the stream for every reader
 (a writer doing it) or closes the pipe for every writer (a reader doing it),
-or change its ``SO_SNDBUF``, which changes the capacity for everyone. It
+or change its ``SO_SNDBUF``, which changes the capacity for everyone (and,
+below 8320 bytes, lets the kernel split a write of ``PIPE_BUF`` bytes). It
 still cannot use a right it was not given. Give pipe ends to processes you
 trust not to sabotage the stream.
 """
