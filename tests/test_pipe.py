@@ -1,5 +1,7 @@
-"""Pipes between real processes: end of stream, a vanished reader without
-SIGPIPE, capacity, handle transfer, splice, asyncio, timeouts and rights.
+"""Pipes between real processes: rights (checked by the library, and by the
+kernel on every route to the fd, as root and as nobody), end of stream, a
+vanished reader without SIGPIPE, capacity, atomic writes between processes,
+handle transfer and checks of received ends, splice, asyncio, timeouts.
 
 Every test runs under the ``no_fd_leak`` fixture: the fds open in this
 process are the same before and after.
