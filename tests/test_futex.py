@@ -349,7 +349,7 @@ def test_the_mapping_cannot_be_unmapped_under_a_sleeping_waiter(region):
     t.start()
     started.wait()
     wait_futex_sleep(os.getpid(), address, tid=tid[0])
-    with pytest.raises(MappingInUse):
+    with pytest.raises(MappingInUse, match="a thread is asleep in Futex.wait on the word at offset 0"):
         m.unmap()
     with pytest.raises(BufferError):  # mmap's own close() refuses too
         m.close()

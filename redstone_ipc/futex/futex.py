@@ -260,6 +260,10 @@ class FutexWord:
             return NotMapped("the futex word was closed")
         return _error(err, self._addr)
 
+    @property
+    def closed(self) -> bool:
+        return self._addr is None
+
     def close(self) -> None:
         """Unpin the mapping; the word is unusable afterwards. Idempotent."""
         self._addr = None
@@ -267,7 +271,16 @@ class FutexWord:
         self._block.close()
 
     def __enter__(self) -> FutexWord:
+        """``with Futex.word(m, 0) as word:``: closed on exit (NotMapped if it
+        already is)."""
+        if self._addr is None:
+            raise NotMapped("the futex word was closed")
         return self
+
+    def __repr__(self) -> str:
+        if self._addr is None:
+            return "<FutexWord closed>"
+        return f"<FutexWord at {self._block.address:#x}>"
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
