@@ -8,6 +8,10 @@ when the last fd and the last mapping are gone — in every process, crashes
 included. Nothing is named in ``/dev/shm``; nothing can leak.
 
 Rights (default for a new region): READ | WRITE | MAP | DUPLICATE | TRANSFER.
+``map()`` maps writable with WRITE and read-only without it. A
+:class:`Mapping` has atomic loads, stores and read-modify-writes on its u32
+and u64 words, ordered (acquire/release) so that data written before a
+store is seen by whoever loads it, on aarch64 too.
 
 What a read-only handle protects, and against whom
 ---------------------------------------------------
