@@ -40,6 +40,7 @@ import os
 import stat
 import threading
 import time
+import weakref
 from typing import Any, Callable, NewType
 
 from ..core.object import HANDLE_TABLE, Handle, KernelObject, ObjectType, Rights
@@ -337,6 +338,7 @@ class Mapping(mmap.mmap):
         self._wrefs32 = self._refs32 if self.writable else {}
         self._wrefs64 = self._refs64 if self.writable else {}
         self._open_views()
+        _MAPPINGS.add(self)
 
     def _open_views(self) -> None:
         """The plain-access views of the x86 path (see "atomic words")."""
@@ -706,6 +708,23 @@ class Mapping(mmap.mmap):
             return "<Mapping unmapped>"
         mode = "rw" if self.writable else "r"
         return f"<Mapping {len(self)} bytes at {self.address:#x} {mode} shm={self.shm_id}>"
+
+
+_MAPPINGS: weakref.WeakSet[Mapping] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Only the thread that forked runs in the child: the atomic operations,
+    # Futex.wait sleeps and close() calls that other threads had under way
+    # are not running here, and must not keep the child's mappings in use.
+    for mapping in list(_MAPPINGS):
+        mapping._busy.clear()
+        mapping.futex_sleepers.clear()
+        if not mapping.closed:
+            mapping._closing.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _join(names: list[str]) -> str:
