@@ -28,10 +28,12 @@ The ordering switch: :data:`MODE`
 aligned store is a release, so the ordered loads and stores are plain
 accesses through a prebuilt ctypes cell: ``ref.cell.value``, which CPython
 performs as one aligned 4- or 8-byte ``mov`` (disassembled in CPython 3.11's
-``_ctypes``: ``I_get``/``Q_get`` are one load, ``I_set``/``Q_set`` one store)
-inside a C function of its own, so the C compiler cannot move it across the
-other memory accesses of the program: each is a separate call made by the
-interpreter. About 40 ns instead of about 250 ns for a ctypes call.
+``_ctypes``: ``I_get``/``Q_get`` are one load; ``I_set``/``Q_set`` read the
+old word, for bitfields, then write the new one with one store) inside a C
+function of its own, so the C compiler cannot move it across the other
+memory accesses of the program: each is a separate call made by the
+interpreter. About 55 ns a call, where a libatomic call costs 220 to 400 ns
+(``bench/bench_atomic.py``; ``--asm`` shows the instructions).
 
 ``"libatomic"``: loads are ``__atomic_load_N(p, __ATOMIC_ACQUIRE)`` and
 stores ``__atomic_store_N(p, v, __ATOMIC_RELEASE)`` (``ldar``/``stlr`` on
@@ -236,9 +238,10 @@ def plain_view(address: int, length: int, fmt: str, writable: bool) -> memoryvie
     """A memoryview of ``length`` bytes at ``address``, cast to ``fmt`` ("I"
     or "Q"): the x86 path's plain accesses for a whole region.
 
-    ``view[i]`` and ``view[i] = v`` are one aligned load or store (CPython's
-    ``pack_single``/``unpack_single``: a ``memcpy`` of the item's size, one
-    ``mov``). Unlike ``memoryview(mapping)``, the view is not an export of
+    ``view[i]`` and ``view[i] = v`` are one aligned load or store: CPython's
+    ``unpack_single``/``pack_single`` copy the item with a ``memcpy`` of its
+    fixed size, which compiles to one ``mov`` (checked in 3.11's
+    ``pack_single``). Unlike ``memoryview(mapping)``, the view is not an export of
     any object: it neither pins the memory nor keeps an object alive, so the
     caller must ``release()`` it before the memory is unmapped; an access
     after that raises ValueError instead of touching the memory. Read-only
