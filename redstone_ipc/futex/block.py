@@ -60,7 +60,7 @@ class SharedBlock:
     ``mapping.unmap()`` raises while the block is open.
     """
 
-    __slots__ = ("mapping", "offset", "size", "address", "writable", "_view", "__weakref__")
+    __slots__ = ("mapping", "offset", "size", "address", "writable", "_view")
 
     def __init__(
         self,
