@@ -14,11 +14,14 @@ from __future__ import annotations
 import mmap
 import os
 import platform
+import struct
 import subprocess
 import sys
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _proc import fork, join, join_all
 from conftest import open_fds, run_in_child
@@ -467,6 +470,45 @@ def test_a_read_only_mapping_can_load_but_not_write(no_fd_leak):
     shm.close()
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    offset=st.integers(min_value=-16, max_value=PAGE + 16),
+    value=st.integers(0, U64 - 1),
+    width=st.sampled_from([4, 8]),
+)
+def test_any_offset_is_either_rejected_or_the_word_struct_sees(offset, value, width):
+    shm = SharedMemory.create(PAGE)
+    m = shm.map()
+    try:
+        fmt = "<I" if width == 4 else "<Q"
+        value %= 2 ** (8 * width)
+        load, store, add, cas = (
+            (m.load_u32, m.store_u32, m.fetch_add_u32, m.compare_exchange_u32)
+            if width == 4
+            else (m.load_u64, m.store_u64, m.fetch_add_u64, m.compare_exchange_u64)
+        )
+        if 0 <= offset <= PAGE - width and offset % width == 0:
+            store(offset, value)
+            assert struct.unpack_from(fmt, m, offset)[0] == value == load(offset)
+            assert add(offset, 1) == value
+            assert cas(offset, (value + 1) % 2 ** (8 * width), 5) == (True, (value + 1) % 2 ** (8 * width))
+            struct.pack_into(fmt, m, offset, 7)  # and a plain write is what it loads
+            assert load(offset) == 7
+            assert bytes(m[:offset]) + bytes(m[offset + width :]) == bytes(PAGE - width)
+        else:
+            for call in (
+                lambda: load(offset),
+                lambda: store(offset, value),
+                lambda: add(offset, 1),
+                lambda: cas(offset, value, value),
+            ):
+                with pytest.raises(InvalidAddress):
+                    call()
+    finally:
+        m.unmap()
+        shm.close()
+
+
 def test_a_refused_unmap_leaves_the_atomics_working(region):
     m = region
     m.store_u32(0, 1)
@@ -546,6 +588,7 @@ def test_unmapping_while_other_threads_use_the_atomics_never_touches_unmapped_me
     NotMapped. A touch of unmapped memory would kill the child (SIGSEGV)."""
 
     def child() -> None:
+        before = open_fds()
         for round in range(40):
             shm = SharedMemory.create(PAGE)
             m = shm.map()
@@ -585,6 +628,7 @@ def test_unmapping_while_other_threads_use_the_atomics_never_touches_unmapped_me
             assert not errors, errors
             assert not m._busy
             shm.close()
+        assert open_fds() == before
 
     run_in_child(child, timeout=90)
 
