@@ -359,6 +359,7 @@ def test_the_mapping_cannot_be_unmapped_under_a_sleeping_waiter(region):
     m.unmap()  # nothing pins it any more
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_child_forked_while_a_thread_sleeps_in_futex_wait_can_unmap(region):
     """The sleeping thread does not exist in the child: its entry must not
     keep the child's copy of the mapping in use."""
