@@ -792,6 +792,9 @@ def test_when_the_time_runs_out_the_bool_calls_say_false_and_the_others_raise_ti
         for acquire in (lock.acquire, sem.acquire):
             with pytest.raises(ValueError, match="non-blocking"):
                 acquire(False, timeout=1)
+            for seconds in (5, 0.5):  # a timeout passed where blocking goes
+                with pytest.raises(TypeError, match="timeout="):
+                    acquire(seconds)
     finally:
         done.set()
         t.join(10)

@@ -37,7 +37,7 @@ from typing import ClassVar, TypeVar
 from ..errors import InvalidAddress, NotMapped, PermissionDenied
 from ..shm.shm import Mapping
 
-__all__ = ["SharedBlock", "SharedPrimitive", "check_mapping", "time_left"]
+__all__ = ["SharedBlock", "SharedPrimitive", "check_mapping", "time_left", "acquire_timeout"]
 
 _P = TypeVar("_P", bound="SharedPrimitive")
 
@@ -188,3 +188,22 @@ def time_left(deadline: float | None) -> float | None:
     once it has passed; None for no deadline. The waits' timeout for the
     next sleep: a caller gives up when it is not None and ``<= 0``."""
     return None if deadline is None else deadline - time.monotonic()
+
+
+def acquire_timeout(blocking: object, timeout: float | None) -> float | None:
+    """The timeout of ``acquire(blocking, timeout)`` when ``blocking`` is not
+    True: 0 (only try) for False, as ``threading``'s acquire does; ValueError
+    for a timeout with ``blocking=False`` (as threading); TypeError for
+    anything but a bool (or 0/1), because ``acquire(5)`` is almost surely a
+    timeout meant as ``acquire(timeout=5)``, and threading would block for
+    ever instead."""
+    if blocking.__class__ is int and blocking in (0, 1) or blocking.__class__ is bool:
+        if blocking:
+            return timeout
+        if timeout is not None:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        return 0
+    raise TypeError(
+        f"blocking must be True or False, not {blocking!r}: pass a number of "
+        f"seconds as timeout= (acquire(timeout={blocking!r}))"
+    )

@@ -43,7 +43,7 @@ import ctypes
 import time
 
 from ..errors import NotMapped, TimedOut, WouldBlock
-from ..futex.block import SharedPrimitive, time_left
+from ..futex.block import SharedPrimitive, acquire_timeout, time_left
 from ..linux.atomic import cas_u32, exchange_u32, load_u32, store_u32
 from ..linux.futex import futex_wait, futex_wake
 from ..linux.robust import (
@@ -112,7 +112,8 @@ class Mutex(SharedPrimitive):
         """Take the lock; True once held, False if it could not be had in time.
 
         The signature and the result of ``threading.Lock.acquire``:
-        ``blocking=False`` only tries; otherwise ``timeout`` is in seconds,
+        ``blocking=False`` only tries (a bool: ``acquire(5)`` is a TypeError,
+        not five seconds); otherwise ``timeout`` is in seconds,
         None (the default) waits for ever, and 0 or less only tries. When the
         time runs out it returns False rather than raising TimedOut, as the
         standard library does.
@@ -120,14 +121,14 @@ class Mutex(SharedPrimitive):
         # Contract: True => this thread owns it and ``owner_died`` says
         # whether the previous owner died holding it. False => not acquired,
         # nothing changed (only after a finite timeout, or not blocking).
-        # ValueError for blocking=False with a timeout (as threading does).
+        # ValueError for blocking=False with a timeout (as threading does);
+        # TypeError for a blocking that is not a bool: acquire(5) means
+        # acquire(timeout=5) in older code, and would now block for ever.
         # RuntimeError if this thread already holds it. Sleeps in the kernel
         # while contended. NotMapped after close(). A signal handler's
         # exception propagates (the lock is then not held).
-        if not blocking:
-            if timeout is not None:
-                raise ValueError("can't specify a timeout for a non-blocking call")
-            timeout = 0
+        if blocking is not True:
+            timeout = acquire_timeout(blocking, timeout)  # ValueError, TypeError
         word = self._word
         if word is None:
             raise NotMapped("the Mutex was closed")

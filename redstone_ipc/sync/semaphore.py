@@ -32,7 +32,7 @@ import ctypes
 import time
 
 from ..errors import TimedOut, WouldBlock
-from ..futex.block import SharedPrimitive, time_left
+from ..futex.block import SharedPrimitive, acquire_timeout, time_left
 from ..linux.atomic import cas_u32, fetch_add_u32, load_u32, store_u32
 from ..linux.futex import futex_wait, futex_wake
 from ..shm.shm import Mapping
@@ -80,20 +80,21 @@ class Semaphore(SharedPrimitive):
         """Take one permit; True when taken, False if none came in time.
 
         The signature and the result of ``threading.Semaphore.acquire``:
-        ``blocking=False`` only tries; otherwise ``timeout`` is in seconds,
+        ``blocking=False`` only tries (a bool: ``acquire(5)`` is a TypeError,
+        not five seconds); otherwise ``timeout`` is in seconds,
         None (the default) waits for ever, and 0 or less only tries. When the
         time runs out it returns False rather than raising TimedOut, as the
         standard library does.
         """
         # Contract: True => the count went down by one on our behalf; False
         # => nothing taken (only after a finite timeout, or not blocking).
-        # ValueError for blocking=False with a timeout (as threading does).
+        # ValueError for blocking=False with a timeout (as threading does);
+        # TypeError for a blocking that is not a bool: acquire(5) means
+        # acquire(timeout=5) in older code, and would now block for ever.
         # Sleeps in the kernel while the count is 0. A signal handler's
         # exception propagates (nothing taken).
-        if not blocking:
-            if timeout is not None:
-                raise ValueError("can't specify a timeout for a non-blocking call")
-            timeout = 0
+        if blocking is not True:
+            timeout = acquire_timeout(blocking, timeout)  # ValueError, TypeError
         count = self._live()
         value = load_u32(count)
         while value:
