@@ -16,6 +16,8 @@ from .errors import (
     IpcError,
     MappingInUse,
     MessageTooLarge,
+    NameInUse,
+    NameNotFound,
     NotMapped,
     OutOfFds,
     OutOfMemory,
@@ -40,6 +42,7 @@ from .futex import Futex, FutexWord
 from .sched import WaitQueue
 from .sync import Condition, Event, Mutex, Semaphore
 from .transport.loan import Loan
+from .names import Allow, Publication, connect, connect_async, publish
 
 __version__ = "0.1.0"
 
@@ -47,6 +50,7 @@ __all__ = [
     "HANDLE_TABLE",
     "PAGE_SIZE",
     "PIPE_BUF",
+    "Allow",
     "CapacityError",
     "Channel",
     "ChannelEndpoint",
@@ -68,6 +72,8 @@ __all__ = [
     "Message",
     "MessageHeader",
     "MessageTooLarge",
+    "NameInUse",
+    "NameNotFound",
     "Mutex",
     "NotMapped",
     "MappingInUse",
@@ -83,6 +89,7 @@ __all__ = [
     "PortClosed",
     "PortId",
     "PortStatus",
+    "Publication",
     "ProtocolError",
     "QueueFull",
     "ReceiveTimedOut",
@@ -96,4 +103,7 @@ __all__ = [
     "TimedOut",
     "WaitQueue",
     "WouldBlock",
+    "connect",
+    "connect_async",
+    "publish",
 ]

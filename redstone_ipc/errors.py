@@ -33,6 +33,8 @@ __all__ = [
     "FutexError",
     "WouldBlock",
     "TimedOut",
+    "NameNotFound",
+    "NameInUse",
 ]
 
 
@@ -99,8 +101,14 @@ class NotMapped(ShmError):
 
 
 class MappingInUse(ShmError, BufferError):
-    """The mapping cannot be unmapped yet: views of it are alive, or a thread
-    sleeps in ``Futex.wait`` on a word of it (mmap itself raises BufferError)."""
+    """The mapping cannot be unmapped yet: something still uses its memory.
+
+    The message names what the library can see: its own objects still open
+    on the mapping ("a Semaphore at offset 64", a FutexWord, a WaitQueue;
+    close them), threads asleep in ``Futex.wait`` on a word of it (wake them);
+    failing those, views of yours (memoryview, numpy arrays, ctypes objects;
+    release them). A ``BufferError``, as mmap's own refusal is.
+    """
 
 
 # -- seed: ipc::futex::FutexError ---------------------------------------------
@@ -152,3 +160,14 @@ class OutOfFds(IpcError, OSError):
             "nothing was lost",
         )
 
+
+
+# -- names: publish / connect -------------------------------------------------
+
+
+class NameNotFound(IpcError, FileNotFoundError):
+    """Nobody publishes that name (``connect`` waited its whole timeout)."""
+
+
+class NameInUse(IpcError, FileExistsError):
+    """A live process already publishes that name."""

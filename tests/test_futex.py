@@ -349,7 +349,7 @@ def test_the_mapping_cannot_be_unmapped_under_a_sleeping_waiter(region):
     t.start()
     started.wait()
     wait_futex_sleep(os.getpid(), address, tid=tid[0])
-    with pytest.raises(MappingInUse):
+    with pytest.raises(MappingInUse, match="a thread is asleep in Futex.wait on the word at offset 0"):
         m.unmap()
     with pytest.raises(BufferError):  # mmap's own close() refuses too
         m.close()
@@ -357,6 +357,33 @@ def test_the_mapping_cannot_be_unmapped_under_a_sleeping_waiter(region):
     t.join(10)
     assert outcome == [None]
     m.unmap()  # nothing pins it any more
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_child_forked_while_a_thread_sleeps_in_futex_wait_can_unmap(region):
+    """The sleeping thread does not exist in the child: its entry must not
+    keep the child's copy of the mapping in use."""
+    shm, m = region
+    address = m.word_address(0)
+    tid: list[int] = []
+    started = threading.Event()
+
+    def wait() -> None:
+        tid.append(threading.get_native_id())
+        started.set()
+        Futex.wait(m, 0, 0, timeout=30)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    started.wait()
+    wait_futex_sleep(os.getpid(), address, tid=tid[0])
+    try:
+        assert join(fork(m.unmap)) == 0
+        with pytest.raises(MappingInUse):
+            m.unmap()  # here the thread still sleeps
+    finally:
+        Futex.wake(m, 0)
+        t.join(10)
 
 
 # -- FutexWord -----------------------------------------------------------

@@ -584,7 +584,8 @@ def test_pipe_write_interrupted_on_a_full_pipe_gives_back_its_turn_and_frees_eve
         size = writer.capacity
         with interrupted("_wait"):
             writer.write(b"x" * (3 * size), timeout=timeout)  # fills the pipe, then sleeps in poll
-        assert reader.read(4 * size, timeout=5) == b"x" * size  # what got out before
+        got = reader.read(4 * size, timeout=5)  # what got out before: about one capacity
+        assert got == b"x" * len(got) and size // 2 <= len(got) < 3 * size
         # The turn was given back: a write in this thread does not wait for it.
         assert writer.write(b"abc", timeout=5) == 3
         assert reader.read(10, timeout=5) == b"abc"

@@ -1,5 +1,7 @@
-"""Pipes between real processes: end of stream, a vanished reader without
-SIGPIPE, capacity, handle transfer, splice, asyncio, timeouts and rights.
+"""Pipes between real processes: rights (checked by the library, and by the
+kernel on every route to the fd, as root and as nobody), end of stream, a
+vanished reader without SIGPIPE, capacity, atomic writes between processes,
+handle transfer and checks of received ends, splice, asyncio, timeouts.
 
 Every test runs under the ``no_fd_leak`` fixture: the fds open in this
 process are the same before and after.
@@ -11,6 +13,7 @@ import array
 import asyncio
 import hashlib
 import os
+import random
 import select
 import signal
 import socket
@@ -44,7 +47,7 @@ from redstone_ipc import (
 from redstone_ipc.linux.cmsg import seqpacket_pair
 from redstone_ipc.message.wire import recv_message, send_message
 from redstone_ipc.pipe import PIPE_BUF, CapacityError, Pipe, PipeReader, PipeWriter
-from redstone_ipc.pipe.pipe import _PipeReaderObject, _PipeWriterObject
+from redstone_ipc.pipe._end import _PipeReaderObject, _PipeWriterObject
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_fd_leak")]
 
@@ -127,8 +130,11 @@ def test_a_reader_cannot_write_and_a_writer_cannot_read():
         with pytest.raises(PermissionDenied):
             asyncio.run(writer.read_async(1))
         # The kernel agrees: the fds are one-way.
-        with pytest.raises(OSError):
+        with pytest.raises(BrokenPipeError):
             os.write(reader.fileno(), b"x")
+        writer.write(b"for the reader")
+        assert os.read(writer.fileno(), 100) == b"", "a writer's fd reads as end of stream"
+        assert reader.read(100) == b"for the reader"
 
 
 def test_rights_only_shrink_and_each_operation_checks_its_own():
@@ -167,6 +173,245 @@ def test_a_closed_handle_is_invalid():
     reader.close()
     with pytest.raises(InvalidHandle):
         reader.read(1)
+
+
+# -- rights the kernel enforces: no fd route around a right not granted ------------------
+
+INJECTED = b"INJECTED"
+
+
+def _fd_paths(fd: int) -> list[str]:
+    """Every name under which this process can reopen its own ``fd``."""
+    return [f"/proc/self/fd/{fd}", f"/proc/{os.getpid()}/fd/{fd}", f"/dev/fd/{fd}",
+            f"/proc/thread-self/fd/{fd}"]
+
+
+def _attempt(worked: list[str], route: str, call) -> None:
+    """Run one attack; record ``route`` if it got anything (a truthy result)."""
+    try:
+        if call():
+            worked.append(route)
+    except OSError:
+        pass
+
+
+def _as_socket(fd: int, use) -> object:
+    """``use(sock)`` on a socket object over a duplicate of ``fd`` (any fd: it may not be one)."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    with sock:
+        sock.setblocking(False)
+        return use(sock)
+
+
+def try_to_write(fd: int) -> list[str]:
+    """Every route the holder of a reader's fd might take to put bytes into the
+    pipe; returns the ones that worked (none must)."""
+    worked: list[str] = []
+    for path in _fd_paths(fd):
+        for mode in (os.O_WRONLY, os.O_RDWR):
+            for extra in (0, os.O_NONBLOCK):
+
+                def reopen(path: str = path, flags: int = mode | extra) -> bool:
+                    new = os.open(path, flags | os.O_CLOEXEC)
+                    try:
+                        os.write(new, INJECTED)
+                    finally:
+                        os.close(new)
+                    return True  # opened for writing at all is a breach
+
+                _attempt(worked, f"open({path}, {mode | extra:#o})", reopen)
+    _attempt(worked, "write", lambda: os.write(fd, INJECTED))
+    _attempt(worked, "writev", lambda: os.writev(fd, [INJECTED]))
+    _attempt(worked, "send", lambda: _as_socket(fd, lambda s: s.send(INJECTED, socket.MSG_NOSIGNAL)))
+    _attempt(worked, "sendmsg", lambda: _as_socket(fd, lambda s: s.sendmsg([INJECTED], [], socket.MSG_NOSIGNAL)))
+    _attempt(worked, "sendto", lambda: _as_socket(fd, lambda s: s.sendto(INJECTED, socket.MSG_NOSIGNAL, "")))
+
+    def splice_in() -> int:
+        r, w = os.pipe()
+        try:
+            os.write(w, INJECTED)
+            return os.splice(r, fd, len(INJECTED), flags=os.SPLICE_F_NONBLOCK)
+        finally:
+            os.close(r)
+            os.close(w)
+
+    def sendfile_in() -> int:
+        src = os.memfd_create("inject")
+        try:
+            os.write(src, INJECTED)
+            return os.sendfile(fd, src, 0, len(INJECTED))
+        finally:
+            os.close(src)
+
+    _attempt(worked, "splice", splice_in)
+    _attempt(worked, "sendfile", sendfile_in)
+    return worked
+
+
+def try_to_read(fd: int) -> list[str]:
+    """Every route the holder of a writer's fd might take to get bytes out of
+    the pipe; returns the ones that got any (none must)."""
+    worked: list[str] = []
+    for path in _fd_paths(fd):
+        for mode in (os.O_RDONLY, os.O_RDWR):
+
+            def reopen(path: str = path, flags: int = mode) -> bool:
+                new = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
+                try:
+                    try:
+                        os.read(new, 100)
+                    except OSError:
+                        pass
+                finally:
+                    os.close(new)
+                return True  # opened for reading at all is a breach
+
+            _attempt(worked, f"open({path}, {mode:#o})", reopen)
+    _attempt(worked, "read", lambda: os.read(fd, 100))
+    _attempt(worked, "readv", lambda: os.readv(fd, [bytearray(100)]))
+    _attempt(worked, "recv peek", lambda: _as_socket(fd, lambda s: s.recv(100, socket.MSG_PEEK)))
+    _attempt(worked, "recv", lambda: _as_socket(fd, lambda s: s.recv(100)))
+    _attempt(worked, "recvmsg", lambda: _as_socket(fd, lambda s: s.recvmsg(100)[0]))
+    _attempt(worked, "recv_into", lambda: _as_socket(fd, lambda s: s.recv_into(bytearray(100))))
+
+    def splice_out() -> int:
+        r, w = os.pipe()
+        try:
+            return os.splice(fd, w, 100, flags=os.SPLICE_F_NONBLOCK)
+        finally:
+            os.close(r)
+            os.close(w)
+
+    _attempt(worked, "splice", splice_out)
+    return worked
+
+
+def become_nobody() -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+    assert (os.getuid(), os.geteuid(), os.getgid()) == (nobody.pw_uid, nobody.pw_uid, nobody.pw_gid)
+
+
+def _attack(kind: str, end: PipeReader | PipeWriter) -> list[str]:
+    assert isinstance(end, PipeReader if kind == "reader" else PipeWriter), end
+    with end:
+        return (try_to_write if kind == "reader" else try_to_read)(end.fileno())
+
+
+def _deliver_by_message(kind: str, end: PipeReader | PipeWriter) -> None:
+    """Fork an attacker that gets ``end`` only in a Message; it must find no way in."""
+    mine, theirs = seqpacket_pair()
+
+    def attacker() -> None:
+        mine.close()
+        (received,) = recv_message(theirs).handles
+        worked = _attack(kind, received)
+        send_message(theirs, Message.with_data(0, "\n".join(worked).encode()))
+
+    pid = fork_child(attacker)  # before it gets the end: only the message carries it
+    msg = Message.new(1)
+    msg.attach_handle(end)
+    send_message(mine, msg)
+    report = bytes(recv_message(mine).payload).decode()
+    assert report == "", f"a {kind}'s holder got through by: {report}"
+    assert wait_child(pid) == 0
+    mine.close()
+    theirs.close()
+
+
+def spawned_attacker(kind: str, end: PipeReader | PipeWriter) -> None:
+    """Runs in a spawned interpreter that got ``end`` by pickle."""
+    worked = _attack(kind, end)
+    assert not worked, f"a {kind}'s holder got through by: {worked}"
+
+
+def _deliver_by_pickle(kind: str, end: PipeReader | PipeWriter) -> None:
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=spawned_attacker, args=(kind, end))
+    child.start()
+    end.close()
+    child.join(60)
+    assert child.exitcode == 0, f"the spawned {kind} attacker got through (or failed)"
+
+
+def _rights_lab(kind: str, deliver, as_nobody: bool) -> None:
+    """The whole scenario, in a forked process (as ``nobody`` if asked): the
+    pipe's creator hands one end to an attacker, then checks the stream."""
+    if as_nobody:
+        become_nobody()
+    reader, writer = Pipe.create()
+    if kind == "writer":
+        writer.write(b"secret")  # what a writer's holder would like to steal
+        deliver(kind, writer.duplicate())
+    else:
+        deliver(kind, reader.duplicate())
+        writer.write(b"legit")
+    writer.close()
+    got = read_until_eof(reader)
+    reader.close()
+    assert got == (b"secret" if kind == "writer" else b"legit"), got
+
+
+@pytest.mark.parametrize("kind", ["reader", "writer"])
+@pytest.mark.parametrize("as_nobody", [False, True], ids=["root", "nobody"])
+def test_a_received_end_grants_no_other_right_by_any_fd_route(kind, as_nobody):
+    """The holder of a reader alone cannot write into the pipe, the holder of a
+    writer alone cannot read from it: not by reopening /proc/self/fd/N in
+    another mode, nor by any system call on its fd. As root, and as nobody
+    (with a pipe nobody created, so file permissions do not stand in the way)."""
+    if as_nobody and os.geteuid() != 0:
+        pytest.skip("needs root to become nobody")
+    assert wait_child(fork_child(lambda: _rights_lab(kind, _deliver_by_message, as_nobody)), 60) == 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["reader", "writer"])
+def test_an_end_pickled_into_a_spawned_interpreter_grants_no_other_right(kind):
+    assert wait_child(fork_child(lambda: _rights_lab(kind, _deliver_by_pickle, False)), 100) == 0
+
+
+def test_not_enforced_a_holder_can_shut_its_end_down_for_everyone():
+    """What the module's notes say the kernel does not prevent: the holders of
+    an end share one socket, and shutting it down ends the stream for all.
+    Even so, neither gets the other direction."""
+    reader, writer = Pipe.create()
+    other_writer = writer.duplicate()
+    writer.write(b"before")
+    with socket.socket(fileno=os.dup(writer.fileno())) as raw:
+        raw.shutdown(socket.SHUT_WR)
+        assert raw.recv(100, socket.MSG_DONTWAIT) == b""
+    assert read_until_eof(reader) == b"before", "the end of the stream, for every reader"
+    with pytest.raises(PeerClosed):
+        other_writer.write(b"after", timeout=5)
+    for h in (reader, writer, other_writer):
+        h.close()
+
+    reader, writer = Pipe.create()
+    other_writer = writer.duplicate()
+    with socket.socket(fileno=os.dup(writer.fileno())) as raw:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 10)  # the kernel doubles it
+    assert other_writer.capacity == 16 << 10, "the capacity changed for every holder"
+    with socket.socket(fileno=os.dup(writer.fileno())) as raw:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 10)
+    assert other_writer.write(b"a" * PIPE_BUF, timeout=0) == PIPE_BUF
+    assert other_writer.write(b"b" * PIPE_BUF, timeout=0) < PIPE_BUF, "a PIPE_BUF write was split"
+    other_writer.close()
+    with socket.socket(fileno=os.dup(reader.fileno())) as raw:
+        raw.shutdown(socket.SHUT_RD)
+        with pytest.raises(BrokenPipeError):
+            raw.send(b"x", socket.MSG_NOSIGNAL)
+    with pytest.raises(PeerClosed):
+        writer.write(b"x", timeout=5)  # closed for every writer
+    reader.close()
+    writer.close()
 
 
 # -- end of stream ----------------------------------------------------------------------
@@ -312,35 +557,99 @@ def test_a_blocked_writer_wakes_with_peer_closed_when_the_reader_goes():
 
 # -- capacity ------------------------------------------------------------------------------
 
+PIECE_MAX = 36 << 10  # the largest piece the kernel queues a write in
 
-def test_default_capacity_is_the_kernels_64_kib():
+
+def fill(writer: PipeWriter, size: int) -> tuple[int, int]:
+    """Write ``size``-byte pieces without waiting until the pipe is full: (bytes, writes)."""
+    data = b"f" * size
+    total = count = 0
+    while True:
+        try:
+            n = writer.write(data, timeout=0)
+        except TimedOut:
+            return total, count
+        total += n
+        count += 1
+        if n < size:
+            return total, count
+
+
+def test_default_capacity_is_64_kib_like_a_linux_pipe():
     reader, writer = Pipe.create()
     assert writer.capacity == reader.capacity == 65536
-    assert writer.write(b"x" * 100_000, timeout=0) == 65536
-    reader.close()
-    writer.close()
-
-
-@pytest.mark.parametrize("asked, granted", [(1 << 20, 1 << 20), (3 * PAGE_SIZE, 4 * PAGE_SIZE), (1, PAGE_SIZE)])
-def test_capacity_is_set_and_a_nonblocking_write_fills_exactly_that(asked, granted):
-    reader, writer = Pipe.create(capacity=asked)
-    assert writer.capacity == reader.capacity == granted
-    assert writer.write(b"y" * (granted + 10_000), timeout=0) == granted
+    written = writer.write(b"x" * 200_000, timeout=0)
+    assert 0.97 * 65536 <= written <= 65536 + PIECE_MAX
     with pytest.raises(TimedOut):
         writer.write(b"z", timeout=0)
-    assert len(read_exactly(reader, granted)) == granted
+
+    def another_writer_process() -> None:
+        with pytest.raises(TimedOut):
+            writer.write(b"z", timeout=0)  # the budget is shared
+
+    assert wait_child(fork_child(another_writer_process)) == 0
+    assert read_exactly(reader, written) == b"x" * written
+    assert writer.write(b"room again", timeout=0) == 10
     reader.close()
     writer.close()
+
+
+@pytest.mark.parametrize(
+    "asked, granted", [(256 << 10, 256 << 10), (20_000, 20_480), (3 * 4096 + 1, 4 * 4096), (1, 12288)]
+)
+def test_capacity_is_rounded_up_to_4_kib_and_at_least_12_kib(asked, granted):
+    reader, writer = Pipe.create(capacity=asked)
+    assert writer.capacity == reader.capacity == granted
+    written = writer.write(b"y" * (granted + PIECE_MAX + 1), timeout=0)
+    assert 0.97 * granted <= written <= granted + PIECE_MAX
+    with pytest.raises(TimedOut):
+        writer.write(b"z", timeout=0)
+    assert len(read_exactly(reader, written)) == written
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.parametrize("capacity", [12288, 65536, "max"])
+def test_how_much_a_pipe_holds_depends_on_the_size_of_its_writes(capacity):
+    """The promises of the module's notes on capacity, at the smallest, the
+    default and the largest capacity."""
+    capacity = Pipe.max_capacity() if capacity == "max" else capacity
+    reader, writer = Pipe.create(capacity)
+    try:
+        total, _ = fill(writer, 1 << 16)
+        assert 0.97 * capacity <= total <= capacity + PIECE_MAX, "large writes"
+        assert len(read_exactly(reader, total)) == total
+        total, _ = fill(writer, PIPE_BUF)
+        assert 0.8 * capacity <= total <= capacity + PIPE_BUF, "PIPE_BUF writes"
+        assert len(read_exactly(reader, total)) == total
+        total, count = fill(writer, 1)
+        assert capacity / 1024 <= count <= capacity / 512, "tiny writes, at least 512 bytes each"
+        assert read_exactly(reader, total) == b"f" * count
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_a_received_reader_reports_the_capacity_it_was_made_with():
+    mine, theirs = seqpacket_pair()
+    reader, writer = Pipe.create(capacity=100_000)
+    msg = Message.new(1)
+    msg.attach_handle(reader)
+    send_message(mine, msg)
+    (received,) = recv_message(theirs).handles
+    assert received.capacity == writer.capacity == 102_400
+    for h in (received, writer, mine, theirs):
+        h.close()
 
 
 def test_a_capacity_above_the_system_limit_is_a_clear_error():
-    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    limit = 2 * int(Path("/proc/sys/net/core/wmem_max").read_text()) // 4096 * 4096
     assert Pipe.max_capacity() == limit
     with pytest.raises(CapacityError) as info:
         Pipe.create(capacity=limit + 1)
     assert isinstance(info.value, ValueError) and isinstance(info.value, IpcError)
-    assert "pipe-max-size" in str(info.value)
-    for bad in (0, -1):
+    assert "wmem_max" in str(info.value)
+    for bad in (0, -1, 1.5, True, "4096"):
         with pytest.raises(CapacityError):
             Pipe.create(capacity=bad)
     reader, writer = Pipe.create(capacity=limit)  # the limit itself is fine
@@ -421,33 +730,78 @@ def test_a_reader_moves_to_a_fresh_interpreter_and_reads_to_eof():
     theirs.close()
 
 
-def test_a_wrong_kind_of_fd_is_a_protocol_error():
+def pipe_end_pair(shut_reader: int | None = socket.SHUT_WR, shut_writer: int | None = socket.SHUT_RD,
+                  kind: int = socket.SOCK_STREAM) -> tuple[socket.socket, socket.socket]:
+    """A hand-made pair shaped like a pipe's ends (or not, as asked): (reader, writer)."""
+    r, w = socket.socketpair(socket.AF_UNIX, kind)
+    if shut_reader is not None:
+        r.shutdown(shut_reader)
+    if shut_writer is not None:
+        w.shutdown(shut_writer)
+    return r, w
+
+
+def test_a_wrong_kind_of_fd_is_a_protocol_error_and_stays_the_callers():
     r, w = os.pipe()
-    a, b = socket.socketpair()
+    plain_r, plain_w = pipe_end_pair(None, None)  # not shut down at all
+    good_r, good_w = pipe_end_pair()
+    seq_r, seq_w = pipe_end_pair(kind=socket.SOCK_SEQPACKET)
+    dgram_r, dgram_w = pipe_end_pair(None, None, kind=socket.SOCK_DGRAM)
+    # A writer with bytes queued for it to read: sent before the shutdown.
+    loaded_r, loaded_w = socket.socketpair()
+    loaded_r.send(b"readable by the writer")
+    loaded_r.shutdown(socket.SHUT_WR)
+    loaded_w.shutdown(socket.SHUT_RD)
+    # A writer too small for atomic PIPE_BUF writes.
+    small_r, small_w = pipe_end_pair()
+    small_w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    listener = socket.create_server(("127.0.0.1", 0))
+    tcp = socket.create_connection(listener.getsockname())
+    tcp_peer, _ = listener.accept()
+    tcp.shutdown(socket.SHUT_WR)
+    unix_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix_listener.bind("")  # an abstract address
+    unix_listener.listen()
+    unconnected = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     f = tempfile.TemporaryFile()
     fifo_dir = tempfile.mkdtemp()
     fifo = os.path.join(fifo_dir, "fifo")
     os.mkfifo(fifo)
     rdwr = os.open(fifo, os.O_RDWR)
-    rdonly_file = os.open("/proc/self/status", os.O_RDONLY)
+    memfd = os.memfd_create("not a pipe")
+    cases = [
+        (_PipeReaderObject, r),  # a kernel pipe's read end: reopenable, so never a pipe end here
+        (_PipeWriterObject, w),
+        (_PipeReaderObject, plain_r.fileno()),  # open both ways
+        (_PipeWriterObject, plain_w.fileno()),
+        (_PipeReaderObject, good_w.fileno()),  # the writer, sent as a reader
+        (_PipeWriterObject, good_r.fileno()),  # the reader, sent as a writer
+        (_PipeReaderObject, seq_r.fileno()),  # records, not a stream
+        (_PipeWriterObject, seq_w.fileno()),
+        (_PipeReaderObject, dgram_r.fileno()),
+        (_PipeWriterObject, loaded_w.fileno()),
+        (_PipeWriterObject, small_w.fileno()),
+        (_PipeReaderObject, tcp.fileno()),  # not AF_UNIX
+        (_PipeReaderObject, unix_listener.fileno()),
+        (_PipeWriterObject, unconnected.fileno()),
+        (_PipeWriterObject, f.fileno()),  # a regular file
+        (_PipeReaderObject, rdwr),  # a FIFO
+        (_PipeReaderObject, memfd),
+    ]
     try:
-        for cls, fd in [
-            (_PipeReaderObject, w),  # the write end, sent as a reader
-            (_PipeWriterObject, r),  # the read end, sent as a writer
-            (_PipeReaderObject, a.fileno()),  # a socket
-            (_PipeWriterObject, f.fileno()),  # a regular file
-            (_PipeReaderObject, rdwr),  # a FIFO opened read-write
-            (_PipeReaderObject, rdonly_file),  # a read-only file, not a pipe
-        ]:
+        for cls, fd in cases:
             with pytest.raises(ProtocolError):
                 cls.from_transfer([fd], cls.DEFAULT_RIGHTS, 0)
+            os.fstat(fd)  # still open: closing it is the caller's business
         with pytest.raises(ProtocolError):
-            _PipeReaderObject.from_transfer([r, r], _PipeReaderObject.DEFAULT_RIGHTS, 0)
+            _PipeReaderObject.from_transfer([good_r.fileno()] * 2, _PipeReaderObject.DEFAULT_RIGHTS, 0)
+        assert os.get_blocking(good_r.fileno()), "a refused fd is left as it was"
     finally:
-        for fd in (r, w, rdwr, rdonly_file):
+        for fd in (r, w, rdwr, memfd):
             os.close(fd)
-        a.close()
-        b.close()
+        for s in (plain_r, plain_w, good_r, good_w, seq_r, seq_w, dgram_r, dgram_w, loaded_r, loaded_w,
+                  small_r, small_w, listener, tcp, tcp_peer, unix_listener, unconnected):
+            s.close()
         f.close()
         os.unlink(fifo)
         os.rmdir(fifo_dir)
@@ -461,29 +815,39 @@ def _raw_record(obj_type: int, rights: int, fd: int, sock: socket.socket) -> Non
 
 def test_a_bad_pipe_handle_on_the_wire_is_refused_and_its_fd_closed():
     mine, theirs = seqpacket_pair()
-    r, w = os.pipe()
+    r, w = pipe_end_pair()  # what a peer written in C makes: see docs/wire-format.md
     before = open_fds()
     # The write end, declared a reader.
-    _raw_record(ObjectType.PIPE_READER, int(_PipeReaderObject.DEFAULT_RIGHTS), w, mine)
+    _raw_record(ObjectType.PIPE_READER, int(_PipeReaderObject.DEFAULT_RIGHTS), w.fileno(), mine)
     with pytest.raises(ProtocolError):
         recv_message(theirs)
     # A reader claiming WRITE.
-    _raw_record(ObjectType.PIPE_READER, int(Rights.READ | Rights.WRITE), r, mine)
+    _raw_record(ObjectType.PIPE_READER, int(Rights.READ | Rights.WRITE), r.fileno(), mine)
+    with pytest.raises(ProtocolError):
+        recv_message(theirs)
+    # A kernel pipe's read end.
+    kr, kw = os.pipe()
+    _raw_record(ObjectType.PIPE_READER, int(_PipeReaderObject.DEFAULT_RIGHTS), kr, mine)
+    os.close(kr)
+    os.close(kw)
     with pytest.raises(ProtocolError):
         recv_message(theirs)
     assert open_fds() == before, "every fd that arrived was closed"
     # The right kind goes through and works.
-    _raw_record(ObjectType.PIPE_READER, int(_PipeReaderObject.DEFAULT_RIGHTS), r, mine)
+    _raw_record(ObjectType.PIPE_READER, int(_PipeReaderObject.DEFAULT_RIGHTS), r.fileno(), mine)
     (reader,) = recv_message(theirs).handles
-    os.write(w, b"raw")
+    stray = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    w.sendmsg([b"raw"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [stray]))])
+    os.close(stray)
+    fds = open_fds()
     assert reader.read(3) == b"raw"
+    assert open_fds() == fds, "an fd a raw writer sends along is not installed here"
     with pytest.raises(TimedOut):
-        reader.read(1, timeout=0)  # the blocking fd that arrived was made non-blocking
+        reader.read(1, timeout=0)  # the blocking socket that arrived was made non-blocking
+    assert not os.get_blocking(r.fileno()), "the flag belongs to the open file: shared"
     reader.close()
-    for fd in (r, w):
-        os.close(fd)
-    mine.close()
-    theirs.close()
+    for s in (r, w, mine, theirs):
+        s.close()
 
 
 # -- splice --------------------------------------------------------------------------------
@@ -618,6 +982,131 @@ def test_splice_timeouts_and_peer_closed():
     with pytest.raises(PeerClosed):
         writer.splice_from(b, 10, timeout=0)
     writer.close()
+    a.close()
+    b.close()
+
+
+def test_splice_to_a_closed_destination_takes_nothing_from_the_pipe():
+    reader, writer = Pipe.create()
+    writer.write(b"keep")
+    a, b = socket.socketpair()
+    b.close()
+    with pytest.raises(BrokenPipeError):
+        reader.splice_to(a, 4, timeout=5)
+    assert reader.read(10) == b"keep"
+    a.close()
+    reader.close()
+    writer.close()
+
+
+def test_splice_into_sealed_shared_memory_is_refused_before_taking_any_byte():
+    reader, writer = Pipe.create()
+    shm = SharedMemory.create(PAGE_SIZE)
+    msg = Message.new(1)
+    msg.attach_handle(shm.duplicate(Rights.READ | Rights.MAP | Rights.TRANSFER))  # seals the region
+    mine, theirs = seqpacket_pair()
+    send_message(mine, msg)
+    recv_message(theirs).close()
+    writer.write(b"keep")
+    with pytest.raises(PermissionDenied):
+        reader.splice_to(shm, 4, offset=0)
+    assert reader.read(10) == b"keep"
+    for h in (reader, writer, shm, mine, theirs):
+        h.close()
+
+
+def test_splice_to_waits_past_its_timeout_for_bytes_it_took_until_the_destination_fails():
+    reader, writer = Pipe.create(capacity=256 << 10)
+    writer.write(b"s" * (200 << 10))
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read: it fills
+    client.setblocking(False)
+    errors: list[BaseException] = []
+
+    def splice() -> None:
+        try:
+            reader.splice_to(client, 1 << 20, timeout=0.1)
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=splice)
+    thread.start()
+    wait_until_polling(thread)
+    thread.join(0.5)
+    assert thread.is_alive(), "it took bytes from the pipe: it waits to deliver them"
+    server.close()  # unread bytes: the kernel resets the connection
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], (ConnectionResetError, BrokenPipeError)), errors
+    for s in (listener, client):
+        s.close()
+    reader.close()
+    writer.close()
+
+
+def test_splice_to_a_slow_tcp_socket_delivers_every_byte_it_takes():
+    """Through the relay, the destination can fill up after bytes left the
+    pipe: they are delivered all the same, and counted."""
+    reader, writer = Pipe.create(capacity=256 << 10)
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # fills at once
+    client.setblocking(False)
+    data = os.urandom(1 << 20)
+    received = bytearray()
+
+    def drain() -> None:  # a slow peer: small reads
+        while len(received) < len(data):
+            chunk = server.recv(1000)
+            assert chunk, "the connection closed early"
+            received.extend(chunk)
+
+    feeder = threading.Thread(target=writer.write, args=(data,), kwargs={"timeout": 30})
+    feeder.start()
+    peer = threading.Thread(target=drain)
+    peer.start()
+    moved = 0
+    while moved < len(data):
+        n = reader.splice_to(client, len(data) - moved, timeout=30)
+        assert 0 < n <= 1 << 16, n  # one relay-full at most
+        moved += n
+    feeder.join(30)
+    peer.join(30)
+    assert moved == len(data) and bytes(received) == data
+    for s in (listener, client, server):
+        s.close()
+    reader.close()
+    writer.close()
+
+
+def test_splice_from_a_socket_into_a_small_pipe_read_by_another_process():
+    reader, writer = Pipe.create(capacity=12288)
+    a, b = socket.socketpair()
+    data = os.urandom(1 << 20)
+    digest = hashlib.sha256(data).digest()
+
+    def child() -> None:
+        writer.close()
+        a.close()
+        b.close()
+        assert hashlib.sha256(read_until_eof(reader)).digest() == digest
+
+    pid = fork_child(child)
+    reader.close()
+    feeder = threading.Thread(target=a.sendall, args=(data,))
+    feeder.start()
+    moved = 0
+    while moved < len(data):
+        n = writer.splice_from(b, len(data) - moved, timeout=30)
+        assert 0 < n <= 12288, n  # at most one capacity per call
+        moved += n
+    feeder.join(30)
+    writer.close()
+    assert wait_child(pid) == 0
     a.close()
     b.close()
 
@@ -766,7 +1255,8 @@ def test_timeouts_raise_timed_out_and_partial_writes_return_their_count():
         reader.readinto(bytearray(1), timeout=0.2)
     assert 0.2 <= time.monotonic() - start < 5
     # More than fits: the bytes written before the deadline are returned.
-    assert writer.write(b"x" * 100_000, timeout=0.1) == 65536
+    written = writer.write(b"x" * 200_000, timeout=0.1)
+    assert 0.97 * writer.capacity <= written <= writer.capacity + PIECE_MAX
     start = time.monotonic()
     with pytest.raises(TimedOut):
         writer.write(b"y", timeout=0.2)
@@ -803,6 +1293,40 @@ def test_a_blocked_read_wakes_when_another_process_writes():
     reader.close()
     mine.close()
     theirs.close()
+
+
+# -- atomic writes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("capacity", [12288, None])
+def test_writes_of_at_most_pipe_buf_from_several_processes_never_interleave(capacity):
+    """Four writer processes, records of up to PIPE_BUF bytes (half of them
+    exactly PIPE_BUF), at the smallest capacity and the default one: every
+    record arrives whole, and in its writer's order."""
+    reader, writer = Pipe.create(capacity)
+    writers, records = 4, 1500
+
+    def produce(i: int) -> None:
+        reader.close()
+        rnd = random.Random(i)
+        for seq in range(records):
+            size = PIPE_BUF if seq % 2 else rnd.randint(8, PIPE_BUF)
+            writer.write(struct.pack("<HHI", size, i, seq) + bytes([65 + i]) * (size - 8))
+
+    pids = [fork_child(lambda i=i: produce(i)) for i in range(writers)]
+    writer.close()
+    data = read_until_eof(reader, timeout=30)
+    assert [wait_child(pid, 60) for pid in pids] == [0] * writers
+    expected = [0] * writers
+    at = 0
+    while at < len(data):
+        size, i, seq = struct.unpack_from("<HHI", data, at)
+        assert i < writers and seq == expected[i], f"a record was cut at byte {at}"
+        assert data[at + 8 : at + size] == bytes([65 + i]) * (size - 8), f"record {i}/{seq} is mixed"
+        expected[i] += 1
+        at += size
+    assert expected == [records] * writers
+    reader.close()
 
 
 # -- threads -----------------------------------------------------------------------------------

@@ -144,6 +144,12 @@ def test_map_needs_its_rights(no_fd_leak):
             assert m.writable is False
             with pytest.raises(TypeError):
                 m[0] = 1
+        with ro.map() as m:  # the default follows the handle: read-only without WRITE
+            assert m.writable is False
+            with pytest.raises(TypeError):
+                m[0] = 1
+        with shm.map() as m:  # ... and writable with it
+            assert m.writable is True
         no_map.close()
         ro.close()
 
@@ -267,3 +273,56 @@ def test_frames_are_refused_clearly_where_the_kernel_hides_them(no_fd_leak):
                 m.frames()
 
         run_in_child(child)
+
+
+# -- MappingInUse says what pins the mapping ---------------------------------------
+
+
+def test_a_refused_unmap_names_the_open_primitives_by_offset(no_fd_leak):
+    from redstone_ipc import Condition, Event, FutexWord, MappingInUse, Mutex, Semaphore, WaitQueue
+
+    with SharedMemory.create(PAGE_SIZE) as shm:
+        m = shm.map()
+        sem = Semaphore.create(m, 64, 1)
+        event = Event.create(m, 128)
+        with pytest.raises(MappingInUse) as refused:
+            m.unmap()
+        assert str(refused.value) == (
+            "cannot unmap: a Semaphore at offset 64 and an Event at offset 128 are "
+            "still open on it (close() them first)"
+        )
+        assert isinstance(refused.value, BufferError)
+        sem.close()
+        with pytest.raises(MappingInUse, match=r"^cannot unmap: an Event at offset 128 is still open"):
+            m.unmap()
+        event.close()
+        lock = Mutex.create(m, 256)
+        others = [Condition.create(m, 320, lock), WaitQueue.create(m, 336), FutexWord(m, 344)]
+        with pytest.raises(MappingInUse) as refused:
+            m.unmap()
+        for name in ("a Mutex at offset 256", "a Condition at offset 320",
+                     "a WaitQueue at offset 336", "a FutexWord at offset 344"):
+            assert name in str(refused.value)
+        assert "Semaphore" not in str(refused.value) and "Event" not in str(refused.value)
+        for obj in (*others, lock):
+            obj.close()
+        # One dropped without close() is unpinned and forgotten with it.
+        Event.create(m, 128)
+        gc.collect()
+        m.unmap()
+
+
+def test_a_refused_unmap_falls_back_to_views_it_cannot_name(no_fd_leak):
+    from redstone_ipc import MappingInUse, Semaphore
+
+    with SharedMemory.create(PAGE_SIZE) as shm:
+        m = shm.map()
+        view = memoryview(m)[8:16]
+        with pytest.raises(MappingInUse, match="views of this mapping .* are still alive"):
+            m.unmap()
+        sem = Semaphore.create(m, 64)
+        with pytest.raises(MappingInUse, match="a Semaphore at offset 64"):
+            m.unmap()  # what it can name comes first
+        sem.close()
+        view.release()
+        m.unmap()

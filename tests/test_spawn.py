@@ -108,11 +108,106 @@ def test_an_endpoint_sent_through_a_multiprocessing_pipe():
     mine.close()
 
 
-def test_pickling_needs_the_transfer_right():
-    import pickle
+def test_pickling_for_multiprocessing_needs_the_transfer_right():
+    from multiprocessing.reduction import ForkingPickler
 
     with SharedMemory.create(4096) as shm:
         local = shm.duplicate(Rights.READ | Rights.MAP)
         with pytest.raises(PermissionDenied, match="TRANSFER"):
-            pickle.dumps(local)
+            ForkingPickler.dumps(local)
         local.close()
+
+
+def queue_consumer(queue, done) -> None:
+    shm = queue.get(timeout=30)  # a SharedMemory, pickled by Queue.put's feeder thread
+    with shm.map() as m:
+        m[:5] = b"queue"
+    shm.close()
+    done.set()
+
+
+def test_a_handle_put_on_a_multiprocessing_queue():
+    queue = spawn.Queue()
+    done = spawn.Event()
+    child = spawn.Process(target=queue_consumer, args=(queue, done))
+    child.start()
+    with SharedMemory.create(4096) as shm:
+        queue.put(shm)  # keep shm open: the feeder thread pickles it later
+        assert done.wait(60), "the consumer never got the handle"
+        with shm.map(writable=False) as m:
+            assert m[:5] == b"queue"
+    child.join(60)
+    assert child.exitcode == 0
+    queue.close()
+    queue.join_thread()
+
+
+def forkserver_app(send_right: Port) -> None:
+    send_right.send(Message.with_data(3, b"from the forkserver"), timeout=20)
+
+
+def test_handles_passed_as_forkserver_arguments():
+    forkserver = multiprocessing.get_context("forkserver")
+    port = Port()
+    child = forkserver.Process(
+        target=forkserver_app, args=(port.duplicate(Rights.SEND | Rights.TRANSFER),)
+    )
+    child.start()
+    msg = port.recv(timeout=60)
+    assert bytes(msg.payload) == b"from the forkserver"
+    assert msg.sender.pid == child.pid
+    child.join(60)
+    assert child.exitcode == 0
+    port.close()
+
+
+# -- pickling anywhere else fails at once, pointing to publish/connect ----------
+
+
+def every_handle():
+    from redstone_ipc import Channel, FdHandle
+
+    a, b = Channel.create_pair()
+    reader, writer = Pipe.create()
+    return [Port(), SharedMemory.create(4096), reader, writer, a, b, FdHandle.adopt(os.dup(0))]
+
+
+def test_plain_pickle_refuses_every_handle_at_dumps_time(no_fd_leak):
+    import pickle
+
+    handles = every_handle()
+    for handle in handles:
+        for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+            with pytest.raises(TypeError, match=r"publish\(name, handle\).*connect\(name\)"):
+                pickle.dumps(handle, protocol)
+        assert handle.valid, "a refused pickle leaves the handle alone"
+        handle.close()
+
+
+def test_copy_and_deepcopy_refuse_too():
+    import copy
+
+    with SharedMemory.create(4096) as shm:
+        for fn in (copy.copy, copy.deepcopy):
+            with pytest.raises(TypeError, match="cannot be pickled"):
+                fn(shm)
+
+
+def test_every_handle_class_is_registered_with_multiprocessing():
+    """ForkingPickler looks reducers up by exact type: a subclass defined
+    later (here, or by a user) is registered as it is created."""
+    from multiprocessing.reduction import ForkingPickler
+
+    from redstone_ipc import Handle
+
+    class MyShm(SharedMemory):
+        __slots__ = ()
+
+    classes = [MyShm]
+    pending = list(Handle.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        classes.append(cls)
+        pending.extend(cls.__subclasses__())
+    for cls in classes:
+        assert cls in ForkingPickler._extra_reducers, cls

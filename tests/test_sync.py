@@ -640,3 +640,198 @@ def test_condition_producer_consumer_across_processes(region):
         assert cond.wait(0.01) is False
     cond.close()
     lock.close()
+
+
+# -- context managers and close() ----------------------------------------------
+
+
+def test_event_and_waitqueue_are_closed_on_leaving_with(region):
+    shm, m = region
+    with Event.create(m, EVENT) as event:
+        event.set()
+        assert event.wait(timeout=0)
+    assert event.closed
+    with pytest.raises(NotMapped):
+        event.is_set()
+    with pytest.raises(NotMapped):
+        with event:  # a closed one cannot be entered
+            pass
+    with pytest.raises(ZeroDivisionError):
+        with WaitQueue.create(m, WQ) as queue:
+            1 / 0
+    assert queue.closed
+    with Event(m, EVENT) as again:  # the flag itself lives on in shared memory
+        assert again.is_set()
+    # Nothing pins the mapping any more: the region fixture unmaps it.
+
+
+def test_lock_like_primitives_hold_their_lock_in_with_and_close_with_closing(region):
+    import contextlib
+
+    shm, m = region
+    lock = Mutex.create(m, MUTEX)
+    with lock:
+        assert lock.owned()
+    assert not lock.locked() and not lock.closed
+    sem = Semaphore.create(m, SEM, 1)
+    with sem:
+        assert sem.value == 0
+    assert sem.value == 1 and not sem.closed
+    cond = Condition.create(m, COND, lock)
+    with cond:
+        assert lock.owned()
+    assert not lock.locked() and not cond.closed
+    for obj in (cond, sem, lock):
+        with contextlib.closing(obj):
+            pass
+        assert obj.closed
+
+
+def test_every_shared_object_closes_the_same_way(region):
+    from redstone_ipc import FutexWord
+
+    shm, m = region
+    lock = Mutex.create(m, MUTEX)
+    objects = [
+        Event.create(m, EVENT),
+        WaitQueue.create(m, WQ),
+        Semaphore.create(m, SEM, 1),
+        Condition.create(m, COND, lock),
+        FutexWord(m, DATA),
+        lock,
+    ]
+    for obj in objects:
+        assert not obj.closed
+        obj.close()
+        obj.close()  # idempotent
+        assert obj.closed
+        assert repr(obj) == f"<{type(obj).__name__} closed>"
+    for call in (
+        objects[0].wait,
+        objects[1].wake_all,
+        objects[2].acquire,
+        lambda: objects[4].wake(1),
+        lock.acquire,
+    ):
+        with pytest.raises(NotMapped):
+            call()
+
+
+# -- the timeout rule ----------------------------------------------------------
+
+
+def test_every_blocking_call_takes_timeout_none_by_default():
+    import inspect
+
+    from redstone_ipc import Futex, FutexWord
+
+    for call in (
+        Futex.wait,
+        FutexWord.wait,
+        Mutex.acquire,
+        Semaphore.acquire,
+        Event.wait,
+        Condition.wait,
+        Condition.wait_for,
+        WaitQueue.wait_until,
+    ):
+        parameter = inspect.signature(call).parameters["timeout"]
+        assert parameter.default is None, call
+        assert parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY), call
+
+
+def test_when_the_time_runs_out_the_bool_calls_say_false_and_the_others_raise_timeout_error(
+    region,
+):
+    from redstone_ipc import Futex, FutexWord
+
+    shm, m = region
+    lock = Mutex.create(m, MUTEX)
+    held, done = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        mine = Mutex(m, MUTEX)
+        with mine:
+            held.set()
+            done.wait(30)
+        mine.close()
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(10)
+    sem = Semaphore.create(m, SEM, 0)
+    event = Event.create(m, EVENT)
+    cond = Condition.create(m, COND, Mutex.create(m, MUTEX2))
+    queue = WaitQueue.create(m, WQ)
+    word = FutexWord(m, slot(0))
+    try:
+        returning_false = [
+            lambda: lock.acquire(timeout=0.05),
+            lambda: sem.acquire(timeout=0.05),
+            lambda: event.wait(0.05),
+        ]
+        for call in returning_false:
+            t0 = time.monotonic()
+            assert call() is False
+            assert time.monotonic() - t0 >= 0.05
+        with cond:
+            assert cond.wait(0.05) is False
+            assert cond.wait_for(lambda: 0, timeout=0.05) == 0
+        raising = [
+            lambda: queue.wait_until(lambda: False, timeout=0.05),
+            lambda: Futex.wait(m, slot(0), 0, timeout=0.05),
+            lambda: word.wait(0, timeout=0.05),
+        ]
+        for call in raising:
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):  # TimedOut is one
+                call()
+            assert time.monotonic() - t0 >= 0.05
+        # blocking=False: only try, as threading's acquire(False) does
+        assert lock.acquire(False) is False and sem.acquire(False) is False
+        for acquire in (lock.acquire, sem.acquire):
+            with pytest.raises(ValueError, match="non-blocking"):
+                acquire(False, timeout=1)
+            for seconds in (5, 0.5):  # a timeout passed where blocking goes
+                with pytest.raises(TypeError, match="timeout="):
+                    acquire(seconds)
+    finally:
+        done.set()
+        t.join(10)
+    for obj in (sem, event, cond, cond.mutex, queue, word, lock):
+        obj.close()
+
+
+@pytest.mark.parametrize("kind", ["Mutex", "Semaphore"])
+def test_acquire_true_waits_without_a_time_limit_as_threading_does(region, kind):
+    """``acquire(True)`` is ``blocking=True``, not a timeout of one second: the
+    futex sleep it makes has no timeout (NULL in /proc/<pid>/syscall)."""
+    from _proc import blocked_syscall
+
+    shm, m = region
+    if kind == "Mutex":
+        if not robust.current().enabled:
+            pytest.skip("without robust lists a waiter polls the owner's liveness")
+        obj: Mutex | Semaphore = Mutex.create(m, MUTEX)
+        assert obj.acquire()
+        offset = MUTEX
+    else:
+        obj = Semaphore.create(m, SEM, 0)
+        offset = SEM
+
+    def child() -> None:
+        mine = Mutex(m, MUTEX) if kind == "Mutex" else Semaphore(m, SEM)
+        assert mine.acquire(True) is True
+        mine.release()
+        mine.close()
+
+    pid = fork(child)
+    try:
+        wait_futex_sleep(pid, m.word_address(offset))
+        fields = blocked_syscall(pid)
+        assert int(fields[4], 16) == 0, f"the futex sleep has a timeout: {fields}"
+    finally:
+        obj.release()
+        code = join(pid)
+        obj.close()
+    assert code == 0

@@ -29,6 +29,7 @@ import itertools
 import os
 import threading
 import weakref
+from multiprocessing import reduction
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import InvalidHandle, PermissionDenied, ProtocolError
@@ -351,23 +352,28 @@ class Handle:
         """The transport sent this handle away: it is gone from this process."""
         self.close()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # multiprocessing pickles with ForkingPickler, whose dispatch table is
+        # consulted before __reduce__ and by exact type: every class needs
+        # its own entry, subclasses included.
+        reduction.ForkingPickler.register(cls, _reduce_for_multiprocessing)
+
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        """Pickling for multiprocessing: the child gets its own copy of the handle.
+        """Refuse ordinary pickling: a pickle cannot carry file descriptors.
 
-        Works when multiprocessing pickles the handle for another process
-        (``Process`` arguments under spawn or forkserver, ``Queue.put``,
-        ``Pipe.send``): each fd travels with ``multiprocessing.reduction.DupFd``,
-        the same way multiprocessing passes its own connections. Like fork,
-        this *copies* the capability (the parent keeps its handle); to move
-        one, send it in a Message. Needs TRANSFER.
+        Only multiprocessing's own pickler can (see
+        ``_reduce_for_multiprocessing``). Anything else (``pickle.dumps``, a
+        file, a socket, ``copy.copy``) raises TypeError here, at once, rather
+        than producing bytes that fail later in another process.
         """
-        from multiprocessing import reduction
-
-        obj: KernelObject = self._require(Rights.TRANSFER)
-        rights = self._rights
-        obj.prepare_transfer(rights)
-        fds = [reduction.DupFd(fd) for fd in obj.transfer_fds(rights)]
-        return _rebuild_handle, (int(obj.TYPE), int(rights), obj.transfer_extra(rights), fds)
+        raise TypeError(
+            f"a {type(self).__name__} handle cannot be pickled: it is a file descriptor, and "
+            "only multiprocessing can carry one (Process arguments under spawn or forkserver, "
+            "a multiprocessing Pipe or Queue). To give a handle to a process started on its "
+            "own, publish it: redstone_ipc.publish(name, handle) here, "
+            "redstone_ipc.connect(name) there. In this process, use handle.duplicate()."
+        )
 
     def __enter__(self: _H) -> _H:
         self._live()
@@ -385,8 +391,26 @@ class Handle:
             pass
 
 
+def _reduce_for_multiprocessing(handle: Handle) -> tuple[Any, tuple[Any, ...]]:
+    """Pickle a handle for multiprocessing: the child gets its own copy.
+
+    Registered with ``multiprocessing.reduction.ForkingPickler`` for every
+    handle class, so it runs when multiprocessing pickles a handle for
+    another process (``Process`` arguments under spawn or forkserver,
+    ``Queue.put``, ``Connection.send``): each fd travels with
+    ``multiprocessing.reduction.DupFd``, the way multiprocessing passes its
+    own connections. Like fork, this *copies* the capability (the parent
+    keeps its handle); to move one, send it in a Message. Needs TRANSFER.
+    """
+    obj: KernelObject = handle._require(Rights.TRANSFER)
+    rights = handle._rights
+    obj.prepare_transfer(rights)
+    fds = [reduction.DupFd(fd) for fd in obj.transfer_fds(rights)]
+    return _rebuild_handle, (int(obj.TYPE), int(rights), obj.transfer_extra(rights), fds)
+
+
 def _rebuild_handle(obj_type: int, rights: int, extra: int, dup_fds: list[Any]) -> Handle:
-    """Unpickle a handle (see ``Handle.__reduce__``), validating what arrived."""
+    """Unpickle a handle (see ``_reduce_for_multiprocessing``), validating what arrived."""
     fds = [d.detach() for d in dup_fds]
     try:
         cls = KernelObject.class_for(obj_type)

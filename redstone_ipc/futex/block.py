@@ -14,25 +14,32 @@ checks they all need, once, when they attach:
   PermissionDenied.
 
 It then *pins* the mapping by keeping a memoryview slice of the block:
-``Mapping.unmap()`` refuses (ShmError) while the slice lives, so the raw
+``Mapping.unmap()`` refuses (MappingInUse) while the slice lives, so the raw
 addresses handed to the kernel and to libatomic can never point at memory
-that has been unmapped. :meth:`SharedBlock.close` lets go of it.
+that has been unmapped. The block also registers itself with the mapping
+(``owner`` and ``offset``), so that the refusal names it: "an Event at
+offset 128 is still open on it". :meth:`SharedBlock.close` lets go of both;
+a block that is garbage collected lets go too.
 
 :class:`SharedPrimitive` is the base of those primitives: it attaches the
 block, keeps the address of its first word (the one every operation starts
-from) and gives them the same ``closed``, ``close()`` and ``repr``.
+from) and gives them the same ``closed``, ``close()``, ``repr`` and context
+manager (``with`` closes on exit; the lock-like ones, Mutex, Semaphore and
+Condition, take and release their lock instead).
 """
 
 from __future__ import annotations
 
 import ctypes
 import time
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from ..errors import InvalidAddress, NotMapped, PermissionDenied
 from ..shm.shm import Mapping
 
-__all__ = ["SharedBlock", "SharedPrimitive", "check_mapping", "time_left"]
+__all__ = ["SharedBlock", "SharedPrimitive", "check_mapping", "time_left", "acquire_timeout"]
+
+_P = TypeVar("_P", bound="SharedPrimitive")
 
 
 def check_mapping(mapping: object) -> Mapping:
@@ -49,7 +56,8 @@ class SharedBlock:
     """``size`` bytes at ``offset`` of ``mapping``, checked and pinned.
 
     ``address`` is the block's first byte in this process. ``owner`` names
-    the primitive in error messages.
+    the primitive in error messages, and in the MappingInUse that
+    ``mapping.unmap()`` raises while the block is open.
     """
 
     __slots__ = ("mapping", "offset", "size", "address", "writable", "_view")
@@ -64,6 +72,7 @@ class SharedBlock:
         writable: bool = True,
         owner: str = "this primitive",
     ) -> None:
+        self._view: memoryview | None = None  # (set first: __del__ may run on a failed init)
         check_mapping(mapping)
         if not isinstance(offset, int):
             raise InvalidAddress(f"offset must be an int, not {type(offset).__name__}")
@@ -79,7 +88,12 @@ class SharedBlock:
         self.offset = offset
         self.size = size
         self.writable = mapping.writable
-        self._view: memoryview | None = memoryview(mapping)[offset : offset + size]
+        try:
+            view = memoryview(mapping)[offset : offset + size]
+        except ValueError:  # unmapped by another thread since word_address()
+            raise NotMapped("the mapping was unmapped") from None
+        self._view = view
+        mapping._pins[id(self)] = (offset, owner)
 
     @property
     def closed(self) -> bool:
@@ -95,7 +109,16 @@ class SharedBlock:
         """Unpin the mapping. Idempotent."""
         view, self._view = self._view, None
         if view is not None:
+            self.mapping._pins.pop(id(self), None)
             view.release()
+
+    def __del__(self) -> None:
+        # A primitive dropped without close(): its view goes anyway, and so
+        # must its name from the mapping's list of pins.
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
 
 class SharedPrimitive:
@@ -140,6 +163,16 @@ class SharedPrimitive:
         self._word = None
         self._block.close()
 
+    def __enter__(self: _P) -> _P:
+        """``with Event(m, 0) as event:``: the primitive, closed on exit
+        (NotMapped if already closed). Mutex, Semaphore and Condition replace
+        this with their lock: use ``contextlib.closing`` to close those."""
+        self._live()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         if self._word is None:
             return f"<{type(self).__name__} closed>"
@@ -155,3 +188,22 @@ def time_left(deadline: float | None) -> float | None:
     once it has passed; None for no deadline. The waits' timeout for the
     next sleep: a caller gives up when it is not None and ``<= 0``."""
     return None if deadline is None else deadline - time.monotonic()
+
+
+def acquire_timeout(blocking: object, timeout: float | None) -> float | None:
+    """The timeout of ``acquire(blocking, timeout)`` when ``blocking`` is not
+    True: 0 (only try) for False, as ``threading``'s acquire does; ValueError
+    for a timeout with ``blocking=False`` (as threading); TypeError for
+    anything but a bool (or 0/1), because ``acquire(5)`` is almost surely a
+    timeout meant as ``acquire(timeout=5)``, and threading would block for
+    ever instead."""
+    if blocking.__class__ is int and blocking in (0, 1) or blocking.__class__ is bool:
+        if blocking:
+            return timeout
+        if timeout is not None:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        return 0
+    raise TypeError(
+        f"blocking must be True or False, not {blocking!r}: pass a number of "
+        f"seconds as timeout= (acquire(timeout={blocking!r}))"
+    )

@@ -78,8 +78,11 @@ class Futex:
     def wait(mapping: Mapping, offset: int, expected: int, timeout: float | None = None) -> None:
         """Sleep while the u32 at ``offset`` of ``mapping`` holds ``expected``.
 
-        Returns after a wake-up (which may be spurious: re-check). ``timeout``
-        is in seconds; None waits forever, 0 (or less) only checks.
+        Returns after a wake-up (which may be spurious: re-check); raises
+        WouldBlock at once if the word does not hold ``expected``.
+        ``timeout`` is in seconds, None (the default) waits for ever, 0 or
+        less only checks; when it runs out the wait raises TimedOut (a
+        ``TimeoutError``).
         """
         # Contract:
         # - WouldBlock at once if the word != expected (the kernel compares
@@ -98,24 +101,29 @@ class Futex:
             addr = _checked_address(mapping, offset)  # checks, or raises the right error
         if not 0 <= expected <= 0xFFFFFFFF:
             raise ValueError(f"expected must be a u32, not {expected!r}")
-        sleepers = mapping.futex_sleepers  # unmap() refuses while we sleep
-        sleepers.append(None)  # (list append/pop: atomic, cheaper than a memoryview)
+        sleepers = mapping.futex_sleepers  # close() refuses while we sleep, naming the offset
+        sleepers.append(offset)  # (list append/remove: atomic, cheaper than a memoryview)
         try:
-            if timeout is None:
-                # The common case, inlined: one syscall, no extra frames.
-                if _syscall(_NR_FUTEX, addr, FUTEX_WAIT, expected, None) != 0:
-                    err = _get_errno()
-                    if err != EINTR:
-                        raise _error(err, addr)
-                    _check_signals()  # run handlers; their exceptions propagate
-                    futex_wait(addr, expected, None)  # then the general loop
-            else:
-                futex_wait(addr, expected, timeout)
+            if not mapping._closing:  # (close() adds itself there, then looks at sleepers)
+                if timeout is None:
+                    # The common case, inlined: one syscall, no extra frames.
+                    if _syscall(_NR_FUTEX, addr, FUTEX_WAIT, expected, None) != 0:
+                        err = _get_errno()
+                        if err != EINTR:
+                            raise _error(err, addr)
+                        _check_signals()  # run handlers; their exceptions propagate
+                        futex_wait(addr, expected, None)  # then the general loop
+                else:
+                    futex_wait(addr, expected, timeout)
+                return
         except InvalidAddress:
             _raise_if_closed(mapping)
             raise
         finally:
-            sleepers.pop()
+            sleepers.remove(offset)
+        # A close() was under way: NotMapped if it unmapped; if it failed, wait.
+        mapping._closed_meanwhile()
+        Futex.wait(mapping, offset, expected, timeout)
 
     @staticmethod
     def wake(mapping: Mapping, offset: int, count: int = 1) -> int:
@@ -185,7 +193,7 @@ class FutexWord:
     __slots__ = ("_block", "_addr", "_value", "__weakref__")
 
     def __init__(self, mapping: Mapping, offset: int) -> None:
-        self._block = SharedBlock(mapping, offset, 4, writable=False, owner="a futex word")
+        self._block = SharedBlock(mapping, offset, 4, writable=False, owner="a FutexWord")
         self._addr: ctypes.c_void_p | None = _c_void_p(self._block.address)
         self._value = self._block.view().cast("I")  # the word, read without ctypes
 
@@ -202,6 +210,8 @@ class FutexWord:
         WouldBlock. In a hand-off loop the other side often changes the word
         first, and an exception there costs more than the syscall. True
         means the thread slept and was woken (possibly spuriously: re-check).
+        ``timeout`` as for :meth:`Futex.wait`: seconds, None (the default)
+        for ever; when it runs out, TimedOut (a ``TimeoutError``).
         """
         # After close, _addr is None: the kernel sees NULL and says EFAULT,
         # turned into NotMapped below. No check on the way in.
@@ -250,6 +260,10 @@ class FutexWord:
             return NotMapped("the futex word was closed")
         return _error(err, self._addr)
 
+    @property
+    def closed(self) -> bool:
+        return self._addr is None
+
     def close(self) -> None:
         """Unpin the mapping; the word is unusable afterwards. Idempotent."""
         self._addr = None
@@ -257,7 +271,16 @@ class FutexWord:
         self._block.close()
 
     def __enter__(self) -> FutexWord:
+        """``with Futex.word(m, 0) as word:``: closed on exit (NotMapped if it
+        already is)."""
+        if self._addr is None:
+            raise NotMapped("the futex word was closed")
         return self
+
+    def __repr__(self) -> str:
+        if self._addr is None:
+            return "<FutexWord closed>"
+        return f"<FutexWord at {self._block.address:#x}>"
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()

@@ -48,8 +48,11 @@ class WaitQueue(SharedPrimitive):
 
     ``WaitQueue(mapping, offset)`` attaches; read-only mappings may wait (not
     wake). Contract: InvalidAddress (not a Mapping / misaligned / outside),
-    NotMapped. Pins the mapping until ``close()``. Its first word
-    (``_word``) is the sequence counter.
+    NotMapped. Pins the mapping until ``close()``; ``with`` closes it on
+    exit. Its first word (``_word``) is the sequence counter.
+
+    >>> with WaitQueue(m, 8) as queue:
+    ...     queue.wait_until(lambda: m.load_u32(16) != 0, timeout=5)
     """
 
     SIZE = 8  # bytes it occupies (the counter + 4 reserved), a multiple of ALIGN
@@ -82,8 +85,10 @@ class WaitQueue(SharedPrimitive):
     def wait_until(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
         """Sleep until ``predicate()`` is true; return its (truthy) result.
 
-        ``predicate`` reads shared memory and must not block. ``timeout`` in
-        seconds (None: forever; 0: evaluate once).
+        ``predicate`` reads shared memory and must not block. ``timeout`` is
+        in seconds, None (the default) waits for ever, 0 or less evaluates
+        the predicate once; when the time runs out it raises TimedOut (a
+        ``TimeoutError``).
         """
         # Contract: returns the first truthy predicate() value; raises
         # TimedOut if the timeout ends first (the predicate is evaluated one

@@ -43,7 +43,9 @@ class Condition(SharedPrimitive):
     """A condition variable at ``offset`` of ``mapping``, used with ``mutex``.
 
     Its first word (``_word``) is ``seq``, the second ``waiters``.
-    ``close()`` detaches the Condition only: the mutex stays open.
+    ``with cond:`` holds the mutex for the block, as with
+    ``threading.Condition``. ``close()`` detaches the Condition only: the
+    mutex stays open (``contextlib.closing`` closes it in a ``with``).
     """
 
     SIZE = 8
@@ -75,6 +77,7 @@ class Condition(SharedPrimitive):
         return seq
 
     def __enter__(self) -> Condition:
+        """Hold the mutex for the block (waiting for ever); it stays open."""
         self.mutex.acquire()
         return self
 
@@ -82,7 +85,12 @@ class Condition(SharedPrimitive):
         self.mutex.release()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Release the mutex, sleep until notified, re-acquire; False on timeout."""
+        """Release the mutex, sleep until notified, re-acquire; False on timeout.
+
+        As ``threading.Condition.wait``: ``timeout`` is in seconds, None (the
+        default) waits for ever; when the time runs out it returns False
+        rather than raising TimedOut.
+        """
         # Contract: the mutex must be held (RuntimeError) and is held again
         # when this returns or raises (a signal handler's exception is raised
         # once it is held again). True after a notify (or a spurious wake-up:
@@ -105,7 +113,12 @@ class Condition(SharedPrimitive):
         return notified
 
     def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
-        """Wait until ``predicate()`` is true; its last value (falsy on timeout)."""
+        """Wait until ``predicate()`` is true; its last value (falsy on timeout).
+
+        As ``threading.Condition.wait_for``: ``timeout`` in seconds, None (the
+        default) waits for ever; on timeout the predicate's falsy value is
+        returned, no exception raised.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         result = predicate()
         while not result:

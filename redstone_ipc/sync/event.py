@@ -43,9 +43,15 @@ _MASK = 0xFFFFFFFF
 class Event(SharedPrimitive):
     """A set/clear flag at ``offset`` of a shared ``mapping``.
 
+    >>> with Event.create(m, 128) as ready:   # in another process: Event(m, 128)
+    ...     ready.set()
+    ...     ready.wait(timeout=5)
+    True
+
     ``Event(mapping, offset)`` attaches to an initialised Event (contract:
     InvalidAddress if not a Mapping / misaligned / outside, NotMapped,
     PermissionDenied if read-only; pins the mapping until ``close()``).
+    ``with`` closes it on exit: a flag has nothing to hold for a block.
     """
 
     SIZE = 8  # bytes it occupies (the word + 4 reserved), a multiple of ALIGN
@@ -87,9 +93,11 @@ class Event(SharedPrimitive):
         fetch_and_u32(self._live(), ~_SET)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Sleep until the flag is up; its state at the end (False: timed out).
+        """Sleep until the flag is up; True, or False if ``timeout`` ran out.
 
-        ``timeout`` in seconds; None waits forever; 0 only looks.
+        As ``threading.Event.wait``: ``timeout`` is in seconds, None (the
+        default) waits for ever, 0 or less only looks; when the time runs out
+        it returns False rather than raising TimedOut.
         """
         # Contract: True as soon as the flag is seen up, or a set() happened
         # while waiting (even if clear()ed since); False only after a

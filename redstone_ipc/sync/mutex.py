@@ -41,10 +41,9 @@ from __future__ import annotations
 
 import ctypes
 import time
-from types import TracebackType
 
 from ..errors import NotMapped, TimedOut, WouldBlock
-from ..futex.block import SharedPrimitive, time_left
+from ..futex.block import SharedPrimitive, acquire_timeout, time_left
 from ..linux.atomic import cas_u32, exchange_u32, load_u32, store_u32
 from ..linux.futex import futex_wait, futex_wake
 from ..linux.robust import (
@@ -109,17 +108,27 @@ class Mutex(SharedPrimitive):
 
     # -- locking -----------------------------------------------------------
 
-    def acquire(self, timeout: float | None = None) -> bool:
-        """Take the lock; True once held, False if ``timeout`` ran out.
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take the lock; True once held, False if it could not be had in time.
 
-        ``timeout``: seconds; None waits as long as it takes; 0 only tries.
+        The signature and the result of ``threading.Lock.acquire``:
+        ``blocking=False`` only tries (a bool: ``acquire(5)`` is a TypeError,
+        not five seconds); otherwise ``timeout`` is in seconds,
+        None (the default) waits for ever, and 0 or less only tries. When the
+        time runs out it returns False rather than raising TimedOut, as the
+        standard library does.
         """
         # Contract: True => this thread owns it and ``owner_died`` says
         # whether the previous owner died holding it. False => not acquired,
-        # nothing changed (only after a finite timeout). RuntimeError if this
-        # thread already holds it. Sleeps in the kernel while contended.
-        # NotMapped after close(). A signal handler's exception propagates
-        # (the lock is then not held).
+        # nothing changed (only after a finite timeout, or not blocking).
+        # ValueError for blocking=False with a timeout (as threading does);
+        # TypeError for a blocking that is not a bool: acquire(5) means
+        # acquire(timeout=5) in older code, and would now block for ever.
+        # RuntimeError if this thread already holds it. Sleeps in the kernel
+        # while contended. NotMapped after close(). A signal handler's
+        # exception propagates (the lock is then not held).
+        if blocking is not True:
+            timeout = acquire_timeout(blocking, timeout)  # ValueError, TypeError
         word = self._word
         if word is None:
             raise NotMapped("the Mutex was closed")
@@ -230,15 +239,13 @@ class Mutex(SharedPrimitive):
         return value & OWNER_MASK == current().tid and not value & FUTEX_OWNER_DIED
 
     def __enter__(self) -> Mutex:
+        """``with lock:`` holds the lock for the block (waiting for ever), as
+        with ``threading.Lock``. It does not close the Mutex: ``close()`` does,
+        or ``with contextlib.closing(Mutex(m, 0)) as lock:``."""
         self.acquire()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
     # -- lifetime ----------------------------------------------------------

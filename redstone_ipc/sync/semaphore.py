@@ -22,7 +22,8 @@ useless wake syscall, nothing worse.)
 value=n)`` or ``Semaphore.create(mapping, offset, n)`` initialises the count
 to ``n`` first (before other processes use it). Zero-filled memory is a
 semaphore with no permits. A writable mapping is needed: PermissionDenied
-otherwise.
+otherwise. ``with sem:`` holds a permit; ``close()`` detaches (unpins the
+mapping).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import ctypes
 import time
 
 from ..errors import TimedOut, WouldBlock
-from ..futex.block import SharedPrimitive, time_left
+from ..futex.block import SharedPrimitive, acquire_timeout, time_left
 from ..linux.atomic import cas_u32, fetch_add_u32, load_u32, store_u32
 from ..linux.futex import futex_wait, futex_wake
 from ..shm.shm import Mapping
@@ -75,15 +76,25 @@ class Semaphore(SharedPrimitive):
         """Permits available now (a snapshot)."""
         return load_u32(self._live())
 
-    def acquire(self, timeout: float | None = None) -> bool:
-        """Take one permit; True when taken, False if ``timeout`` ran out.
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take one permit; True when taken, False if none came in time.
 
-        ``timeout`` in seconds; None waits as long as it takes; 0 only tries.
+        The signature and the result of ``threading.Semaphore.acquire``:
+        ``blocking=False`` only tries (a bool: ``acquire(5)`` is a TypeError,
+        not five seconds); otherwise ``timeout`` is in seconds,
+        None (the default) waits for ever, and 0 or less only tries. When the
+        time runs out it returns False rather than raising TimedOut, as the
+        standard library does.
         """
         # Contract: True => the count went down by one on our behalf; False
-        # => nothing taken (only after a finite timeout). Sleeps in the
-        # kernel while the count is 0. A signal handler's exception
-        # propagates (nothing taken).
+        # => nothing taken (only after a finite timeout, or not blocking).
+        # ValueError for blocking=False with a timeout (as threading does);
+        # TypeError for a blocking that is not a bool: acquire(5) means
+        # acquire(timeout=5) in older code, and would now block for ever.
+        # Sleeps in the kernel while the count is 0. A signal handler's
+        # exception propagates (nothing taken).
+        if blocking is not True:
+            timeout = acquire_timeout(blocking, timeout)  # ValueError, TypeError
         count = self._live()
         value = load_u32(count)
         while value:
@@ -132,6 +143,9 @@ class Semaphore(SharedPrimitive):
             futex_wake(count, n)
 
     def __enter__(self) -> Semaphore:
+        """``with sem:`` holds a permit for the block (waiting for ever), as
+        with ``threading.Semaphore``. It does not close the Semaphore:
+        ``close()`` does, or ``with contextlib.closing(Semaphore(m, 0)):``."""
         self.acquire()
         return self
 
