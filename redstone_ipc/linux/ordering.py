@@ -17,11 +17,11 @@ StoreLoad, as in "publish, then check whether the peer sleeps").
   ``atomic_thread_fence(SEQ_CST)`` (``dmb ish``); each is a ctypes call
   (~0.2–0.3 µs).
 
-:data:`MODE` is ``"tso"`` on x86_64 and ``"libatomic"`` elsewhere. Setting
-the environment variable ``REDSTONE_IPC_ORDERING=libatomic`` before import
-forces the aarch64 path on x86 (where it is also correct, only slower): the
-test suite runs the ring protocol that way in a subprocess, so the weakly
-ordered code path is exercised on every machine.
+:data:`TSO` follows ``linux.atomic.MODE`` (``REDSTONE_IPC_ATOMICS``): True on
+x86_64, False with ``REDSTONE_IPC_ATOMICS=libatomic``, which forces the
+aarch64 path on x86 (where it is also correct, only slower): the test suite
+runs the ring protocol that way in a subprocess, so the weakly ordered code
+path is exercised on every machine.
 
 Every function here takes a prebuilt :class:`ctypes.c_void_p` (see
 ``linux.atomic``) and checks nothing: the caller keeps the memory mapped.
@@ -30,11 +30,10 @@ Every function here takes a prebuilt :class:`ctypes.c_void_p` (see
 from __future__ import annotations
 
 import ctypes
-import os
-import platform
 import threading
 from typing import Callable
 
+from .atomic import MODE as _ATOMICS_MODE
 from .atomic import _lib
 
 __all__ = [
@@ -55,11 +54,8 @@ __all__ = [
 
 RELAXED, ACQUIRE, RELEASE, SEQ_CST = 0, 2, 3, 5
 
-_forced = os.environ.get("REDSTONE_IPC_ORDERING", "")
-if _forced not in ("", "tso", "libatomic"):
-    raise ImportError(f"REDSTONE_IPC_ORDERING must be 'tso' or 'libatomic', not {_forced!r}")
-MODE = _forced or ("tso" if platform.machine() in ("x86_64", "AMD64") else "libatomic")
-TSO = MODE == "tso"
+TSO = _ATOMICS_MODE == "x86"
+MODE = "tso" if TSO else "libatomic"
 
 
 def _fn(name: str, restype: object) -> Callable[..., int]:

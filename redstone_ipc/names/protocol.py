@@ -76,8 +76,8 @@ def read_answer(msg: Message, name: str, publisher: PeerCredentials) -> Handle:
     """The handle a GRANTED answer carries; raises for any other answer."""
     if msg.msg_type == GRANTED and len(msg.handles) == 1:
         return msg.handles[0]
-    msg.close()  # whatever came with an unexpected answer
     reason = bytes(msg.payload).decode("utf-8", "replace")[:_MAX_REASON]
+    msg.close()  # whatever came with an unexpected answer
     if msg.msg_type == REFUSED:
         raise PermissionDenied(f"connect({name!r}): {reason}")
     if msg.msg_type == FAILED:

@@ -113,6 +113,7 @@ class Inbox:
         self.hup: dict[int, Inbound] = {}  # by socket fd
         self.tokens: dict[int, Inbound] = {}  # by the sender's token
         self.active: list[Inbound] = []
+        self.active_version = 0  # changes whenever ``active`` does
         self.wanters: list[Inbound] = []
         self.errors: deque[Exception] = deque()
         self.door_eof = False
@@ -282,6 +283,7 @@ class Inbox:
             return False
         every = self.spin_yield
         yield_ = os.sched_yield
+        version = self.active_version
         if len(active) == 1 and TSO:
             conn = active[0]  # one sender: poll its HEAD word itself, cheaply
             q = conn._q
@@ -293,8 +295,8 @@ class Inbox:
                         self._spun(i)
                         return True
                 i += every
-                if not self._yield_locked(yield_):
-                    return True
+                if not self._yield_locked(yield_) or self.active_version != version:
+                    return True  # something came, or the connections changed: look again
         else:
             i = 0
             while i < budget:
@@ -304,7 +306,7 @@ class Inbox:
                             self._spun(i)
                             return True
                 i += every
-                if not self._yield_locked(yield_):
+                if not self._yield_locked(yield_) or self.active_version != version:
                     return True
         self.spin_misses += 1
         if self.spin_misses >= 3:  # spinning does not pay here: sleep at once for a while
@@ -554,6 +556,7 @@ class Inbox:
             self._serve_wanters_locked()
 
     def _promote_locked(self, conn: Inbound) -> None:
+        self.active_version += 1
         conn.active = True
         conn.idle = 0
         self.active.append(conn)
@@ -570,6 +573,7 @@ class Inbox:
             return
         conn.active = False
         self.active.remove(conn)
+        self.active_version += 1
         if conn.freed:
             self._flush_locked(conn)
 
@@ -690,6 +694,7 @@ class Inbox:
         if conn.active:
             conn.active = False
             self.active.remove(conn)
+            self.active_version += 1
         if conn in self.wanters:
             self.wanters.remove(conn)
         conn.close(reason)

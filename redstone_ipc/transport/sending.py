@@ -149,7 +149,7 @@ class Outbound:
                 h = self._head
                 off = _CONTROL + (h & self._mask) * _SLOT_SIZE
                 mm = self.mm
-                mm[off + _SLOT_HEAD:off + _SLOT_HEAD + size] = payload  # type: ignore[index]
+                mm[off + _SLOT_HEAD:off + _SLOT_HEAD + size] = payload  # type: ignore[call-overload]
                 _pack_slot(mm, off, size, 0, msg_type, 0, priority, txid, 0, 0, 0, 0)
                 h += 1
                 self._head = h
