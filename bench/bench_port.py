@@ -63,7 +63,7 @@ from redstone_ipc.message import Message  # noqa: E402
 from redstone_ipc.port import SEND_RIGHTS, Port  # noqa: E402
 
 PAYLOAD = b"x" * 32
-VARIANTS = ("raw", "floor", "channel", "call", "ports", "ports-nolock", "mp-pipe", "pyzmq")
+VARIANTS = ("raw", "floor", "channel", "call", "ports", "mp-pipe", "pyzmq")
 PLACEMENTS = {"same": (0, 0), "split": (0, 1), "free": (None, None)}
 
 
@@ -258,18 +258,15 @@ def bench_channel(rounds: int, runs: int, cpus, use_call: bool) -> list[float]:
         os.waitpid(pid, 0)
 
 
-def bench_ports(rounds: int, runs: int, cpus, window: bool = True) -> list[float]:
+def bench_ports(rounds: int, runs: int, cpus) -> list[float]:
     server_port = Port()
     to_server = server_port.duplicate(SEND_RIGHTS)
     client_port = Port()
-    saved = (server_port._object, server_port._object._window)
 
     def server() -> None:
-        client_port.release()  # the parent's receive right: drop it, keep the port open
+        client_port.release()  # the parent receives on that one
         hello = server_port.recv()
         (reply_to,) = hello.handles
-        if not window:
-            reply_to._object._window = None  # (its lock fd leaks: this process ends soon)
         recv, send = server_port.recv, reply_to.send
         while True:
             try:
@@ -281,11 +278,10 @@ def bench_ports(rounds: int, runs: int, cpus, window: bool = True) -> list[float
             send(msg)
 
     pid = serve(server, cpus[1])
+    server_port.release()  # the server receives on that one
     hello = Message(0xFFFF)
     hello.attach_handle(client_port.duplicate(SEND_RIGHTS))
     to_server.send(hello)
-    if not window:
-        saved[0]._window = None
     msg = Message(1, PAYLOAD)
     send, recv = to_server.send, client_port.recv
     try:
@@ -293,15 +289,8 @@ def bench_ports(rounds: int, runs: int, cpus, window: bool = True) -> list[float
     finally:
         to_server.send(Message(0))
         os.waitpid(pid, 0)
-        saved[0]._window = saved[1]
-        for h in (server_port, to_server, client_port):
+        for h in (to_server, client_port):
             h.close()
-
-
-def bench_ports_without_window_lock(rounds: int, runs: int, cpus) -> list[float]:
-    """``ports`` with the senders' window lock switched off: what crash
-    repairs cost (credits.py). Not a supported configuration."""
-    return bench_ports(rounds, runs, cpus, window=False)
 
 
 def _timed(rounds: int, step) -> float:
@@ -325,7 +314,6 @@ def measure(placement: str, rounds: int, runs: int) -> dict[str, float]:
             samples["channel"] += bench_channel(rounds, 1, cpus, use_call=False)
             samples["call"] += bench_channel(rounds, 1, cpus, use_call=True)
             samples["ports"] += bench_ports(rounds, 1, cpus)
-            samples["ports-nolock"] += bench_ports(rounds, 1, cpus, window=False)
             samples["mp-pipe"] += bench_mp_pipe(rounds, 1, cpus)
             if _has_pyzmq():
                 samples["pyzmq"] += bench_pyzmq(rounds, 1, cpus)
@@ -359,12 +347,6 @@ def cpu_costs(count: int) -> dict[str, float]:
     out = {}
     for name, step in steps.items():
         out[name] = statistics.median(_timed(count, step) for _ in range(5)) * 1e6
-    window, obj = sender._object._window, sender._object
-    obj._window = None
-    out["port send + try_recv, no window lock"] = (
-        statistics.median(_timed(count, steps["port send + try_recv"]) for _ in range(5)) * 1e6
-    )
-    obj._window = window
     for h in (raw_a, raw_b, wire_a, wire_b, port, sender, ch_a, ch_b):
         h.close()
     return out

@@ -297,11 +297,13 @@ def test_a_sender_waiting_for_room_wakes_when_the_peer_dies(no_fd_leak):
 
     def receiver() -> None:
         a.close()
+        b.recv()  # it receives (the child is where b is received), then stops
         signal.pause()
 
     pid = fork_child(receiver)
     b.close()
-    a.send(Message(1))
+    a.send(Message(0))  # received
+    a.send(Message(1))  # queued: the channel is full
     result: list[object] = []
     sender = threading.Thread(target=lambda: result.append(_catch(a.send, Message(2), timeout=None)))
     sender.start()

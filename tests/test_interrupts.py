@@ -160,6 +160,8 @@ def test_port_recv_interrupted_as_a_follower_of_another_threads_poll_frees_every
         before = open_fds()
         port = Port()
         client = port.duplicate(SEND_RIGHTS)
+        client.send(Message(0))  # this process receives on it (its inbox is made)
+        port.recv(timeout=5)
         got: list[Message] = []
 
         def leader() -> None:
@@ -403,6 +405,8 @@ def test_recv_interrupted_as_a_follower_while_taking_the_mailbox_lock_back_frees
         before = open_fds()
         port = Port()
         client = port.duplicate(SEND_RIGHTS)
+        client.send(Message(0))  # this process receives on it (its inbox is made)
+        port.recv(timeout=5)
         obj = port._object.receive.inbox
         main_tid = threading.get_native_id()
         ring = _ring()
@@ -959,6 +963,8 @@ def test_a_follower_that_raises_after_being_told_to_lead_passes_that_on():
     def child() -> None:
         port = Port()
         client = port.duplicate(SEND_RIGHTS)
+        client.send(Message(0))  # this process receives on it (its inbox is made)
+        port.recv(timeout=5)
         obj = port._object.receive.inbox
         got: list[int] = []
         leader = threading.Thread(target=lambda: got.append(port.recv(timeout=20).msg_type))

@@ -526,9 +526,11 @@ def test_receiver_death_closes_the_port(no_fd_leak):
     client.close()
 
 
-def test_a_child_forked_after_the_port_was_made_cannot_receive_nor_keep_it_open(no_fd_leak):
+def test_a_child_forked_after_the_port_was_received_on_cannot_receive_nor_keep_it_open(no_fd_leak):
     port = Port()
     client = port.duplicate(SEND_RIGHTS)
+    client.send(Message(0))
+    port.recv(timeout=5)  # this process receives on it
     ready_r, ready_w = os.pipe()
 
     def child() -> None:

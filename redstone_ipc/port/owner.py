@@ -11,21 +11,29 @@ Ownership is an exclusive ``flock`` on a memfd that travels with every
 RECEIVE handle, taken on an open file description of this process's own
 (``/proc/self/fd/N`` reopened: after ``fork`` parent and child share
 descriptions, so the child could not tell its lock from the parent's). The
-kernel drops it when the owner dies. Which process takes it:
+kernel drops it when the owner dies. Nobody owns it until it is needed;
+then the first of these takes it:
 
-* a port: the one that makes it, at once, so its queue is served (senders
-  connected, room given) from the start, even before the first ``recv``; a
-  child forked afterwards can send, not receive, and does not keep the port
-  alive when the receiver dies;
-* a RECEIVE handle that arrives in a message or pickled: the process it
-  arrives in, at once if its previous owner has let go, else on first use;
-* a channel endpoint: the first process that receives on it, or that a
-  sender connects to — each process holding the endpoint hears its door
-  (``service.py``) — except that after a ``fork`` a process does not take
-  the receive side because of its *own* send (the other process is the one
-  meant to receive). So ``a, b = Channel.create_pair(); fork()`` and each
-  side using its own endpoint works as with a pipe, closed unused ends or
-  not, sends before receives or not.
+* a process that receives on it (``recv``, ``try_recv``, ...);
+* the process the handle is *at home* in — where the port or channel was
+  made, or where the RECEIVE handle arrived (in a message, or pickled) —
+  when a sender from another process connects (each holder hears its door
+  from its service thread, ``service.py``), so the queue is served before
+  the first ``recv``: producers can fill it while the receiver is busy;
+* a process that sends to it from the same process, if nothing was forked
+  since the handle came there (otherwise the other process may be the one
+  meant to receive).
+
+A forked child is not at home: it takes a receive side only by receiving.
+So with ``fork`` (or ``multiprocessing`` with the fork start method):
+``a, b = Channel.create_pair(); fork()`` and each side using its own
+endpoint works as with a pipe; a port made in the parent and received in a
+child works; a port made in the parent and received in the parent works,
+children connecting to it. When a child is meant to receive while other
+processes send, let the parent ``release()`` its RECEIVE handle once the
+child runs (as with the unused end of a pipe). A child forked after the
+receive side was taken cannot receive (InvalidHandle) and drops its copy:
+it does not keep the port alive when the receiver dies.
 
 Another process trying to receive while the owner lives gets InvalidHandle.
 The owner gives the receive side up when its last RECEIVE handle leaves the
@@ -96,6 +104,7 @@ class ReceiveSide:
         self.left: str | None = None  # why this process can no longer receive
         self.on_shut = on_shut
         self.born = _forks  # no fork since: only this process can mean to receive
+        self.home = True  # made or received here (a forked child's copy is not at home)
         self._claiming = threading.Lock()
         _LIVE.add(self)
         service.watch(self)
@@ -155,7 +164,7 @@ class ReceiveSide:
         if the record waiting there says this process should."""
         inbox = self.inbox
         if inbox is None:
-            if self.left is not None or not self._claim_for(self._first_sender()):
+            if not self.home or self.left is not None or not self._claim_for(self._first_sender()):
                 service.forget(self.door.fileno())  # someone else's to serve
                 return
             try:
@@ -248,10 +257,9 @@ class ReceiveSide:
     def _after_fork(self) -> None:
         """In a forked child: if the parent receives, it keeps everything."""
         self._claiming = threading.Lock()
+        self.home = False
         if self.inbox is None and self._own_fd < 0:
-            if self.left is None and self.lock_fd >= 0:
-                service.watch(self)  # nobody receives yet: we may be the one
-            return
+            return  # nobody receives yet: we may, by receiving
         self.left = (
             f"the receive side stayed in process {os.getppid()}, which served it before "
             "the fork: a forked child can send, not receive; to receive here, move the "

@@ -36,12 +36,13 @@ How it maps to Linux
 * **PortId** is the inode of the door's sending end: the same number in
   every process holding the port.
 
-Receiving happens in one process (see ``owner.py``): the one that made
-the port, from the start, so senders are served even before its first
-``recv``. A forked child can send, not receive. To receive in another
-process, send it the RECEIVE handle in a message (the queue must be empty
-then): senders connect again, to it. ``release()`` drops a RECEIVE handle
-without closing the port.
+Receiving happens in one process at a time (see ``owner.py`` for which):
+the first that receives, or the one the port was made in as soon as
+senders connect. To receive in another process later, send it the RECEIVE
+handle in a message (the queue must be empty then): senders connect
+again, to it. ``release()`` drops a RECEIVE handle without closing the
+port (a process that holds one it will not use should, so that the death
+of the real receiver closes the port).
 
 What the kernel does not enforce: a SEND holder maps its own ring and may
 write anything into it, or stop halfway. The receiver checks every word
@@ -151,7 +152,6 @@ class _PortObject(Mailbox):
             raise
         obj = cls.__new__(cls)
         obj._init_mailbox(capacity, tx, L.slot_count(capacity), receive, _ino(tx.fileno()))
-        receive.activate()  # a port is received where it is made
         return obj
 
     @property
