@@ -24,9 +24,15 @@ lint: $(VENV)/.installed
 	$(PY) -m mypy redstone_ipc
 	$(PY) -m pyflakes redstone_ipc tests bench examples
 
+# The benchmark suite (redstone-ipc bench): `make bench BENCH_ARGS="--quick --json out.json"`.
+# The other libraries it compares with are optional: one that does not install
+# here is skipped (the suite says so).
+BENCH_ARGS ?=
+BENCH_PEERS := numpy pyzmq posix_ipc faster-fifo iceoryx2 matplotlib
 bench: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) bench/run.py
+	$(PY) -m pip install -q -e '.[bench,plot]' || for p in $(BENCH_PEERS); do \
+		$(PY) -m pip install -q $$p || echo "bench: $$p did not install; it will be skipped"; done
+	$(PY) -m redstone_ipc.benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

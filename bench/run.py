@@ -1,34 +1,21 @@
-"""Run every benchmark (``make bench``): each prints ratios measured in one run.
+"""``make bench``: the benchmark suite, the same as ``redstone-ipc bench``.
 
-    python3 bench/run.py [--quick]
+    python3 bench/run.py [--quick] [--json FILE] [--plot FILE.png] [--placement P] [--only B]
+
+Everything is in ``redstone_ipc/benchmarks/`` (so an installed package can
+run it); ``--help`` lists the options. The other scripts in this folder are
+narrower measurements for developers (the wire format's CPU cost, atomics,
+pipes, names, ...), each runnable on its own.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-BENCHES = [
-    ("The wire format's CPU cost vs bare syscalls", "bench_wire.py", [], ["--number", "5000"]),
-    ("Port and Channel round trips vs a raw socketpair", "bench_port.py", [],
-     ["--rounds", "2000", "--runs", "3", "--placement", "same"]),
-    ("Futex ping-pong vs raw ctypes futex", "bench_futex.py", [], ["--rounds", "5000", "--runs", "3"]),
-    ("Large-buffer hand-off vs multiprocessing.Queue", "bench_shm.py", [], ["--repeat", "3"]),
-]
-
-
-def main() -> int:
-    quick = "--quick" in sys.argv[1:]
-    failed = 0
-    for title, script, args, quick_args in BENCHES:
-        print(f"\n== {title} ({script})", flush=True)
-        cmd = [sys.executable, os.path.join(HERE, script), *(quick_args if quick else args)]
-        failed += subprocess.call(cmd) != 0
-    return 1 if failed else 0
-
+from redstone_ipc.benchmarks.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
