@@ -156,10 +156,29 @@ class Inbox:
         mutex = self.mutex
         mutex.acquire()
         try:
-            if not txid:
-                msg = self._quick_locked()
-                if msg is not None:
-                    return msg
+            # The common case first, inline (_quick_locked): nothing queued,
+            # one active connection, one ordinary message published on it.
+            if not (txid or self.queued or self.closed is not None or self.errors):
+                active = self.active
+                if len(active) == 1:
+                    conn = active[0]
+                    msg = conn.take_one()
+                    if msg is not None:
+                        its = msg.txid
+                        if its and its in self.pending:  # a call's reply: set aside
+                            self.queued += 1
+                            self.replies[its] = (msg, conn)
+                            self._notify_locked()
+                        else:
+                            self.handed += 1
+                            freed = conn.freed + 1
+                            conn.freed = freed
+                            if freed >= self.batch:
+                                conn.idle = 0
+                                self._flush_locked(conn)
+                            if self.wanters:
+                                self._serve_wanters_locked()
+                            return msg
             deadline = None if timeout is None else _now() + timeout
             while True:
                 msg = self._take_locked(txid, False) if txid else (
@@ -192,7 +211,7 @@ class Inbox:
     def _quick_locked(self) -> Message | None:
         """The common case at its cheapest: nothing queued, one active
         connection, one ordinary message published on it. None if not so."""
-        if self.queue._len or self.closed is not None or self.errors:
+        if self.queued or self.closed is not None or self.errors:
             return None
         active = self.active
         if len(active) != 1:

@@ -106,8 +106,10 @@ class Outlet:
         if conn is not None:  # the common case: connected, room
             try:
                 status = conn.try_send(msg._payload, msg.msg_type, priority, msg.txid, msg.handles)
-            finally:
-                lock.release()  # a full fence on x86: the HEAD store before the load below
+            except BaseException:
+                lock.release()
+                raise
+            lock.release()  # a full fence on x86: the HEAD store before the load below
             if not status:
                 if not TSO:
                     full_fence()

@@ -48,9 +48,12 @@ _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _unpack_slot = L.SLOT.unpack_from
 _received = Message._received
+_new = object.__new__
+_Message = Message
 _WAKE = L.RECORD_KIND.pack(L.REC_WAKE)
 _ANC_SIZE = socket.CMSG_SPACE(4 * cmsg.MAX_FDS)
 _HEAD_Q = L.OFF_HEAD >> 3
+_POISON = 0xC000_0000  # -2**30 as a u32
 _CONTROL = L.CONTROL_SIZE
 _SLOT_SIZE = L.SLOT_SIZE
 _SLOT_HEAD = L.SLOT_HEAD
@@ -189,7 +192,14 @@ class Inbound:
             return None
         self.tail = h
         start = off + _SLOT_HEAD
-        return _received(msg_type, mm[start:start + size], [], priority, txid, self.sender)
+        msg = _new(_Message)  # Message._received, inlined: this path is hot
+        msg.msg_type = msg_type
+        msg._payload = mm[start:start + size]
+        msg.handles = []
+        msg.txid = txid
+        msg.priority = priority
+        msg.sender = self.sender
+        return msg
 
     def read(self, count: int, out: list[Message]) -> None:
         """Read ``count`` published messages (from ``published()``) into ``out``.
@@ -417,6 +427,9 @@ class Inbound:
             return
         self.closed = True
         self._w[L.OFF_RX_CLOSED >> 2] = reason
+        # No credit will ever do again: a sender's next take fails, and its
+        # slow path reads RX_CLOSED (the fast path need not look).
+        _fetch_add(self._credits, _POISON, _SEQ_CST)
         self._w[L.OFF_RX_STATE >> 2] = L.RX_SLEEPING  # a late sender still rings: harmless
         full_fence()
         self.wake_sender()

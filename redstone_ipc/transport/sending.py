@@ -24,6 +24,7 @@ import ctypes
 import mmap
 import os
 import socket
+import struct
 
 from ..core.object import HANDLE_TABLE, Handle, KernelObject, Rights
 from ..errors import MessageTooLarge
@@ -132,25 +133,29 @@ class Outbound:
     def try_send(self, payload: object, msg_type: int, priority: int, txid: int,
                  handles: list[Handle]) -> int:
         """Publish one message (see the module docstring for the result)."""
-        if self._w[_RX_CLOSED]:
-            return CLOSED
         cls = payload.__class__
         # The common case first: a small payload of bytes, no handle.
         if (cls is bytes or cls is memoryview) and not handles:
             size = len(payload) if cls is bytes else payload.nbytes  # type: ignore[arg-type, attr-defined]
             if size <= _INLINE_MAX and (cls is bytes or payload.format == "B"):  # type: ignore[attr-defined]
-                if not -0x8000_0000 <= priority <= 0x7FFF_FFFF:
-                    raise ValueError(f"priority must fit an i32, not {priority}")
                 credits = self._credits
                 old = _fetch_add(credits, _MINUS_ONE, _SEQ_CST)
                 if not 0 < old < 0x8000_0000:  # it was 0, or negative: no credit
                     _fetch_add(credits, 1, _SEQ_CST)
-                    return NO_CREDIT
+                    # (a closed connection's credits are poisoned: say why)
+                    return CLOSED if self._w[_RX_CLOSED] else NO_CREDIT
                 h = self._head
                 off = _CONTROL + (h & self._mask) * _SLOT_SIZE
                 mm = self.mm
+                try:  # (struct checks msg_type, priority and txid for us)
+                    _pack_slot(mm, off, size, 0, msg_type, 0, priority, txid, 0, 0, 0, 0)
+                except struct.error:
+                    _fetch_add(credits, 1, _SEQ_CST)
+                    raise ValueError(
+                        f"msg_type and txid must fit a u32, priority an i32 ({msg_type}, "
+                        f"{txid}, {priority})"
+                    ) from None
                 mm[off + _SLOT_HEAD:off + _SLOT_HEAD + size] = payload  # type: ignore[call-overload]
-                _pack_slot(mm, off, size, 0, msg_type, 0, priority, txid, 0, 0, 0, 0)
                 h += 1
                 self._head = h
                 if TSO:
@@ -163,6 +168,8 @@ class Outbound:
     def _try_send_general(self, payload: object, msg_type: int, priority: int, txid: int,
                           handles: list[Handle]) -> int:
         """try_send for loans, data segments, handles and any buffer."""
+        if self._w[_RX_CLOSED]:
+            return CLOSED
         if payload.__class__ is Loan:
             size = payload.nbytes  # type: ignore[attr-defined]
         else:
