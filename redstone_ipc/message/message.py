@@ -180,6 +180,8 @@ class Message:
         handle._require(Rights.TRANSFER)
         if any(h is handle for h in self.handles):
             raise ValueError(f"handle {handle.value:#x} is already attached")
+        if self.handles.__class__ is not list:  # a received message's shared empty tuple
+            self.handles = list(self.handles)
         self.handles.append(handle)
 
     def close(self) -> None:

@@ -179,6 +179,10 @@ class Inbox:
                             if self.wanters:
                                 self._serve_wanters_locked()
                             return msg
+            elif not txid and self.queue._len and self.closed is None and not self.errors:
+                msg = self._take_queued_locked()  # a stream: messages wait in the queue
+                if msg is not None:
+                    return msg
             deadline = None if timeout is None else _now() + timeout
             while True:
                 msg = self._take_locked(txid, False) if txid else (
@@ -207,6 +211,35 @@ class Inbox:
                     self._lead_locked(remaining)
         finally:
             mutex.release()
+
+    def _take_queued_locked(self) -> Message | None:
+        """The head of the queue, after reading what the (one) active
+        connection published since: a higher priority may have come."""
+        active = self.active
+        if len(active) != 1 or self.handed >= EVENTS_EVERY:
+            return None
+        conn = active[0]
+        try:
+            n = conn.published()
+            if n:
+                self._read_locked(conn, n)
+        except ProtocolError:
+            return None  # the general path drops it and says so
+        msg, src = self.queue.take()
+        self.queued -= 1
+        self.handed += 1
+        if src is None or src.closed:
+            self.pool += 1
+        else:
+            freed = src.freed + 1
+            src.freed = freed
+            if freed >= self.batch:
+                self._flush_locked(src)
+        if self.wanters:
+            self._serve_wanters_locked()
+        if self.queued and (self.followers or self.async_loops):
+            self._notify_locked()
+        return msg
 
     def _quick_locked(self) -> Message | None:
         """The common case at its cheapest: nothing queued, one active
@@ -398,8 +431,18 @@ class Inbox:
         if entry is not None:
             msg, conn = entry
             self.queued -= 1
-            self._handed_out_locked(conn)
-            if (self.queue or self.replies) and (self.leader or self.followers or self.async_loops):
+            # _handed_out_locked, inlined: this path is hot
+            self.handed += 1
+            if conn is None or conn.closed:
+                self.pool += 1
+            else:
+                freed = conn.freed + 1
+                conn.freed = freed
+                if freed >= self.batch:
+                    self._flush_locked(conn)
+            if self.wanters:
+                self._serve_wanters_locked()
+            if self.queued and (self.leader or self.followers or self.async_loops):
                 self._notify_locked()
             return msg
         if self.errors:
@@ -419,7 +462,8 @@ class Inbox:
 
     def _drain_locked(self) -> None:
         """Read what the active connections published into the queue."""
-        for conn in list(self.active):
+        active = self.active
+        for conn in (active if len(active) == 1 else list(active)):  # (a drop changes it)
             try:
                 n = conn.published()
                 if n:
@@ -427,6 +471,7 @@ class Inbox:
                     self._read_locked(conn, n)
             except ProtocolError as e:
                 self._drop_locked(conn, L.CLOSED_PROTOCOL, e)
+                break  # the list changed: the others wait for the next look
         if self.handed >= EVENTS_EVERY:
             self.handed = 0
             self._poll_events_locked()
@@ -437,13 +482,16 @@ class Inbox:
             conn.read(n, out)
         finally:  # what was read before a bad slot is kept
             pending = self.pending
-            put = self.queue.put
-            for msg in out:
-                txid = msg.txid
-                if txid and txid in pending:
-                    self.replies[txid] = (msg, conn)
-                else:
-                    put(msg.priority, (msg, conn))
+            if pending:
+                put = self.queue.put
+                for msg in out:
+                    txid = msg.txid
+                    if txid and txid in pending:
+                        self.replies[txid] = (msg, conn)
+                    else:
+                        put(msg.priority, (msg, conn))
+            else:
+                self.queue.put_all(out, conn)
             self.queued += len(out)
             if out:
                 if conn.data_freed:

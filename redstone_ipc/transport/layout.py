@@ -160,6 +160,9 @@ CONTROL = struct.Struct("<IHHII")  # magic, version, flags, nslots, slot size
 SLOT = struct.Struct("<4IiIBBHI")  # size, handle_count, msg_type, reserved,
 #                                    priority, txid, flags, fd_count, segment, offset
 SLOT_HEAD = SLOT.size  # 32
+# The same 32 bytes for a slot with no flags, handles or segment: size,
+# msg_type, priority and txid, every other field written 0.
+SLOT_PLAIN = struct.Struct("<I4xI4xiI8x")
 INLINE_MAX = SLOT_SIZE - SLOT_HEAD  # 224
 SLOT_DATA = 0x1
 SLOT_FDS = 0x2

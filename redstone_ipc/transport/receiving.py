@@ -50,6 +50,7 @@ _unpack_slot = L.SLOT.unpack_from
 _received = Message._received
 _new = object.__new__
 _Message = Message
+_NO_HANDLES: list = ()  # type: ignore[assignment]  # shared: a received message without handles
 _WAKE = L.RECORD_KIND.pack(L.REC_WAKE)
 _ANC_SIZE = socket.CMSG_SPACE(4 * cmsg.MAX_FDS)
 _HEAD_Q = L.OFF_HEAD >> 3
@@ -195,7 +196,7 @@ class Inbound:
         msg = _new(_Message)  # Message._received, inlined: this path is hot
         msg.msg_type = msg_type
         msg._payload = mm[start:start + size]
-        msg.handles = []
+        msg.handles = _NO_HANDLES  # (attach_handle makes it a list)
         msg.txid = txid
         msg.priority = priority
         msg.sender = self.sender
@@ -212,6 +213,7 @@ class Inbound:
         mask = self._mask
         tail = self.tail
         sender = self.sender
+        append = out.append
         for _ in range(count):
             off = _CONTROL + (tail & mask) * _SLOT_SIZE
             size, handle_count, msg_type, reserved, priority, txid, flags, fd_count, seg, granule = (
@@ -219,10 +221,17 @@ class Inbound:
             )
             if flags == 0 and not (handle_count or reserved) and size <= _INLINE_MAX:  # the common case
                 start = off + _SLOT_HEAD
-                out.append(_received(msg_type, mm[start:start + size], [], priority, txid, sender))
+                msg = _new(_Message)  # Message._received, inlined
+                msg.msg_type = msg_type
+                msg._payload = mm[start:start + size]
+                msg.handles = _NO_HANDLES
+                msg.txid = txid
+                msg.priority = priority
+                msg.sender = sender
+                append(msg)
             else:
-                out.append(self._read_slow(off, size, handle_count, msg_type, reserved, priority,
-                                           txid, flags, fd_count, seg, granule))
+                append(self._read_slow(off, size, handle_count, msg_type, reserved, priority,
+                                       txid, flags, fd_count, seg, granule))
             tail += 1
             self.tail = tail
 

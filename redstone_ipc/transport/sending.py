@@ -50,6 +50,7 @@ _I32 = (-(2**31), 2**31 - 1)
 _c_void_p = ctypes.c_void_p
 _DONTWAIT = int(socket.MSG_DONTWAIT)
 _pack_slot = L.SLOT.pack_into
+_pack_plain = L.SLOT_PLAIN.pack_into
 _WAKE_RECORD_SIZE = L.RECORD_KIND.size
 _RX_CLOSED = L.OFF_RX_CLOSED >> 2  # indexes into the control page as u32 / u64 words
 _RX_STATE = L.OFF_RX_STATE >> 2
@@ -148,7 +149,7 @@ class Outbound:
                 off = _CONTROL + (h & self._mask) * _SLOT_SIZE
                 mm = self.mm
                 try:  # (struct checks msg_type, priority and txid for us)
-                    _pack_slot(mm, off, size, 0, msg_type, 0, priority, txid, 0, 0, 0, 0)
+                    _pack_plain(mm, off, size, msg_type, priority, txid)
                 except struct.error:
                     _fetch_add(credits, 1, _SEQ_CST)
                     raise ValueError(
