@@ -133,9 +133,10 @@ def _process(pid: int) -> Process | None:
             span, perms, _offset, _dev, inode, path = line.split(None, 5)
             start, end = (int(x, 16) for x in span.split("-"))
             kind = path[len(_MEMFD):].split(" ", 1)[0]
-            memfd = memfds.get(int(inode))
-            if memfd is None:
-                memfd = memfds[int(inode)] = Memfd(kind, int(inode), 0)
+            found = memfds.get(int(inode))
+            if found is None:
+                found = memfds[int(inode)] = Memfd(kind, int(inode), 0)
+            memfd = found
             if not memfd.held:
                 memfd.size = max(memfd.size, end - start)
             memfd.mapped = True

@@ -314,15 +314,15 @@ class Compositor:
                 elif msg.msg_type == P.ATTACH:
                     self._attach(msg)
                 else:
-                    self.errors.append(f"unexpected message type {msg.msg_type} from pid {msg.sender.pid}")
+                    self.errors.append(f"unexpected message type {msg.msg_type} from pid {_pid(msg)}")
             except Exception as e:  # one app's bad message must not stop the others
-                self.errors.append(f"pid {msg.sender.pid if msg.sender else '?'}: {type(e).__name__}: {e}")
+                self.errors.append(f"pid {_pid(msg)}: {type(e).__name__}: {e}")
             finally:
                 msg.close()
 
     def _frame(self, msg: Message, now: int) -> None:
         frame, buffer, sent = P.FRAME_NOTE.unpack(msg.payload)
-        surface = self.surfaces[msg.sender.pid]  # the kernel says who sent it
+        surface = self.surfaces[_pid(msg)]  # the kernel says who sent it
         if not surface.check(frame, buffer):
             surface.bad += 1
         surface.free.release()  # the app may render into this buffer again
@@ -342,7 +342,7 @@ class Compositor:
         page = control.map()
         width, height = about["width"], about["height"]
         surface = Surface(
-            index=about["app"], pid=msg.sender.pid, width=width, height=height,
+            index=about["app"], pid=_pid(msg), width=width, height=height,
             buffers=about["buffers"], stride=about["stride"], shm_id=about["shm_id"],
             pixels=pixels, control=control, channel=channel, view=view, page=page,
             free=Semaphore(page, P.FREE_OFFSET), stop=Event(page, P.STOP_OFFSET),
@@ -427,6 +427,11 @@ class Compositor:
                 mapping.unmap()
             surface.pixels.close()
             surface.control.close()
+
+
+def _pid(msg: Message) -> int:
+    """The sending process, as the kernel told it (every port message has one)."""
+    return msg.sender.pid if msg.sender is not None else -1
 
 
 def _poke(fd: int) -> None:
