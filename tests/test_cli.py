@@ -346,6 +346,18 @@ def test_a_mistake_is_one_line_on_stderr_and_status_2(argv, message, capsys, no_
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
 
 
+def test_a_name_in_use_is_a_mistake_too(capsys, no_fd_leak):
+    from redstone_ipc import SharedMemory, publish
+
+    name = f"test/in-use-{os.getpid()}"
+    with SharedMemory.create(4096) as shm, publish(name, shm):
+        assert cli.main(["demo", "--quick", "--name", name]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"redstone-ipc demo: --name: name {name!r} is already published")
+    assert captured.err.count("\n") == 1
+
+
 def test_bench_without_the_benchmarks_says_so(monkeypatch, capsys):
     monkeypatch.setattr(cli, "BENCH_MODULE", "redstone_ipc.no_benchmarks_here.cli")
     assert cli.main(["bench", "--quick"]) == 2

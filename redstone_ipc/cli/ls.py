@@ -121,7 +121,7 @@ def snapshot(patterns: list[str] | None = None) -> dict[str, Any]:
         "names": [{k: v for k, v in n.items() if k != "objects"} for n in names],
         "processes": [_process_entry(p, reports.get(p.pid)) for p in relevant],
         "queues": _queues(relevant, reports, names),
-        "shm": _shm(relevant, reports),
+        "shm": _shm(relevant),
         "pipes": [
             dict(obj, pid=pid) for pid, objs in reports.items() for obj in objs
             if obj["kind"].startswith("pipe-")
@@ -164,7 +164,8 @@ def _queues(procs: list[procfs.Process], reports: dict[int, list[dict[str, Any]]
     return out
 
 
-def _shm(procs: list[procfs.Process], reports: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def _shm(procs: list[procfs.Process]) -> list[dict[str, Any]]:
+    """Every SharedMemory region, with who holds an fd to it and who maps it."""
     regions: dict[int, dict[str, Any]] = {}
     for p in procs:
         for m in p.memfds.values():
@@ -176,10 +177,6 @@ def _shm(procs: list[procfs.Process], reports: dict[int, list[dict[str, Any]]]) 
                 r["held_by"].append(p.pid)
             if m.mapped:
                 r["mapped_by"].append(p.pid)
-    for pid, objs in reports.items():  # regions held through handles only (no fd: not possible, but cheap)
-        for obj in objs:
-            if obj["kind"] == "shm" and obj["id"] not in regions:
-                regions[obj["id"]] = {"id": obj["id"], "size": obj["size"], "held_by": [pid], "mapped_by": []}
     return sorted(regions.values(), key=lambda r: r["id"])
 
 

@@ -38,6 +38,7 @@ from ... import (
     InvalidHandle,
     IpcError,
     Mapping,
+    NameInUse,
     Message,
     PeerClosed,
     PermissionDenied,
@@ -47,6 +48,7 @@ from ... import (
     SharedMemory,
     publish,
 )
+from ..usage import UsageError
 from . import protocol as P
 from .report import Report
 
@@ -102,10 +104,11 @@ class Surface:
         base = buffer * self.stride
         shift = 4 * P.frame_shift(frame, self.width)
         want = memoryview(self.expected)[shift : shift + row]
-        return all(
-            self.view[base + r * row : base + (r + 1) * row] == want
-            for r in (0, self.height // 2, self.height - 1)
-        )
+        with memoryview(self.view) as pixels:  # a view of the app's pages: no copy
+            return all(
+                pixels[base + r * row : base + (r + 1) * row] == want
+                for r in (0, self.height // 2, self.height - 1)
+            )
 
 
 class Compositor:
@@ -138,7 +141,11 @@ class Compositor:
         old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         receiver = threading.Thread(target=self._receive, name="demo receiver", daemon=True)
         try:
-            with publish(s.name, self.port):
+            try:
+                publication = publish(s.name, self.port)
+            except NameInUse as e:
+                raise UsageError(f"--name: {e}") from None
+            with publication:
                 self._say(
                     f"redstone-ipc demo: compositor pid {os.getpid()} publishes {s.name!r}; "
                     f"{s.apps} apps, {s.width}x{s.height} RGBA "
@@ -158,7 +165,8 @@ class Compositor:
             os.close(wake_w)
             self._kill_all()
             self.port.close()  # wakes the receiver (PortClosed)
-            receiver.join(5)
+            if receiver.ident is not None:
+                receiver.join(5)
             self._close_surfaces()
             os.close(self.notify_r)
             os.close(self.notify_w)
