@@ -8,8 +8,9 @@ program may log it itself:
 >>> from redstone_ipc import Port, introspect
 >>> port = Port(capacity=8)
 >>> introspect.objects()
-[{'kind': 'port', 'id': 1234567, 'handles': 1, 'rights': 'SEND|RECEIVE|...',
-  'capacity': 8, 'receiving': False, 'owner_lock': 1234568}]
+[{'kind': 'port', 'id': 863287, 'handles': 1,
+  'rights': 'SEND|RECEIVE|DUPLICATE|TRANSFER|WAIT', 'capacity': 8,
+  'receiving': False, 'owner_lock': 303643}]
 
 Fields, by kind:
 

@@ -121,7 +121,7 @@ def snapshot(patterns: list[str] | None = None) -> dict[str, Any]:
         "names": [{k: v for k, v in n.items() if k != "objects"} for n in names],
         "processes": [_process_entry(p, reports.get(p.pid)) for p in relevant],
         "queues": _queues(relevant, reports, names),
-        "shm": _shm(relevant),
+        "shm": _shm(procs, keep={p.pid for p in relevant}),
         "pipes": [
             dict(obj, pid=pid) for pid, objs in reports.items() for obj in objs
             if obj["kind"].startswith("pipe-")
@@ -164,8 +164,9 @@ def _queues(procs: list[procfs.Process], reports: dict[int, list[dict[str, Any]]
     return out
 
 
-def _shm(procs: list[procfs.Process]) -> list[dict[str, Any]]:
-    """Every SharedMemory region, with who holds an fd to it and who maps it."""
+def _shm(procs: list[procfs.Process], keep: set[int]) -> list[dict[str, Any]]:
+    """Every SharedMemory region that a process of ``keep`` holds or maps, with
+    every process that holds an fd to it and every one that maps it."""
     regions: dict[int, dict[str, Any]] = {}
     for p in procs:
         for m in p.memfds.values():
@@ -177,7 +178,8 @@ def _shm(procs: list[procfs.Process]) -> list[dict[str, Any]]:
                 r["held_by"].append(p.pid)
             if m.mapped:
                 r["mapped_by"].append(p.pid)
-    return sorted(regions.values(), key=lambda r: r["id"])
+    kept = [r for r in regions.values() if keep.intersection(r["held_by"] + r["mapped_by"])]
+    return sorted(kept, key=lambda r: r["id"])
 
 
 # -- printing -------------------------------------------------------------------------
@@ -244,7 +246,8 @@ def render(snap: dict[str, Any], out: TextIO) -> None:
               " inside the process, and told by processes that publish a name)\n")
     hidden = snap["uninspected_processes"]
     if hidden:
-        w(f"\n({hidden} {'process' if hidden == 1 else 'processes'} of other users not inspected)\n")
+        w(f"\n({hidden} {'process' if hidden == 1 else 'processes'} could not be inspected: "
+          "no permission)\n")
 
 
 def _name_detail(n: dict[str, Any], obj: dict[str, Any]) -> str:
