@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) examples/demo.py
+	$(VENV)/bin/redstone-ipc demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
@@ -22,7 +22,7 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[lint]'
 	$(PY) -m mypy redstone_ipc
-	$(PY) -m pyflakes redstone_ipc tests bench examples
+	$(PY) -m pyflakes redstone_ipc tests bench
 
 bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]'

@@ -43,6 +43,7 @@ from .sched import WaitQueue
 from .sync import Condition, Event, Mutex, Semaphore
 from .transport.loan import Loan
 from .names import Allow, Publication, connect, connect_async, publish
+from . import introspect
 
 __version__ = "0.1.0"
 
@@ -104,6 +105,7 @@ __all__ = [
     "WaitQueue",
     "WouldBlock",
     "connect",
+    "introspect",
     "connect_async",
     "publish",
 ]

@@ -62,7 +62,7 @@ import enum
 import os
 import select
 import socket
-from typing import Any, NewType
+from typing import TYPE_CHECKING, Any, NewType
 
 from ..core.object import HANDLE_TABLE, Handle, ObjectType, Rights
 from ..errors import InvalidHandle, PortClosed, ProtocolError
@@ -248,6 +248,9 @@ class Port(MailboxHandle, metaclass=_PortFactory):
     """
 
     __slots__ = ()
+
+    if TYPE_CHECKING:  # what ``Port(...)`` takes (the metaclass makes the port)
+        def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None: ...
 
     @property
     def id(self) -> PortId:
