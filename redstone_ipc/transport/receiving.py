@@ -282,7 +282,7 @@ class Inbound:
             self.segments[new_id] = SegmentReader(fds[0], new_id, self._payload_released)
         finally:
             cmsg.close_fds(fds)
-        return new_id  # type: ignore[no-any-return]
+        return int(new_id)
 
     def _drop_idle_segments(self) -> None:
         """Forget segments the sender retired (no view of ours left in them)."""
