@@ -7,6 +7,7 @@ is the futex).
 """
 
 from .core.object import FdHandle, Handle, HandleTable, HANDLE_TABLE, ObjectType, Rights
+from .core.export import ExportedHandle, adopt_handle
 from .errors import (
     CapacityError,
     Empty,
@@ -59,6 +60,7 @@ __all__ = [
     "Condition",
     "Empty",
     "Event",
+    "ExportedHandle",
     "FdHandle",
     "Futex",
     "FutexError",
@@ -104,6 +106,7 @@ __all__ = [
     "TimedOut",
     "WaitQueue",
     "WouldBlock",
+    "adopt_handle",
     "connect",
     "introspect",
     "connect_async",

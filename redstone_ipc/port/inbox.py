@@ -21,13 +21,13 @@ Capacity (credits)
 
     Handing a message out frees its credit; it goes back to the connection
     that sent it (in batches, ``freed``), or to a connection that waits for
-    room. A sender that has no credit says so (``TX_WAITING``) and writes its
-    doorbell; the inbox then grants it credits from the pool, from credits
-    freed but not yet given back, or by taking back credits that other
-    connections hold unused. So a sender is refused (QueueFull) only when
-    ``capacity`` messages are queued or in flight — once the receiver has
-    looked at its request: a receiver blocked in ``recv`` looks at once, a busy
-    one at its next receive.
+    room. A sender that has no credit says so (``TX_WAITING``) and sends a
+    ``DOOR_WANT`` record on the door; the inbox then grants it credits from
+    the pool, from credits freed but not yet given back, or by taking back
+    credits that other connections hold unused. So a sender is refused
+    (QueueFull) only when ``capacity`` messages are queued or in flight —
+    once the receiver has looked at its request: the door is heard at once,
+    by a receiving thread or else by the service thread (``service.py``).
 
 Waiting
     One thread at a time (the *leader*) waits; others wait on a condition

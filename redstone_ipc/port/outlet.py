@@ -16,11 +16,13 @@ Sending
 
 No room
     ``timeout=0``: QueueFull. Otherwise the sender sets ``TX_WAITING``,
-    writes the doorbell (the receiver then knows it waits) and sleeps in
-    ``poll`` on its socket (the receiver's WAKE records, and hang-up), the
-    door (hang-up: the port is gone) and a private eventfd (closing the
-    handle here wakes it). When the receive side lives in this process, the
-    sender runs the receiver's bookkeeping itself instead of waiting for it.
+    fences, looks at its credits once more, sends a ``DOOR_WANT`` record on
+    the door (the receiver hears its door even while it does not receive)
+    and sleeps in ``poll`` on its socket (the receiver's WAKE records, and
+    hang-up), the door (hang-up: the port is gone) and a private eventfd
+    (closing the handle here wakes it). When the receive side lives in this
+    process, the sender runs the receiver's bookkeeping itself instead of
+    waiting for it.
 
 Every method whose name ends in ``_locked`` runs with ``self.lock`` held.
 """
