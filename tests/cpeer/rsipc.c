@@ -747,6 +747,8 @@ static void conn_close(struct rs_receiver *r, struct rs_conn *c, uint32_t reason
     r->pool += (int64_t)(c->allowed - c->tail);
     /* wire-format: tell the sender why, make it ring (harmlessly) and wake it. */
     atomic_store_explicit(U32AT(c->ring, RS_OFF_RX_CLOSED), reason, memory_order_release);
+    /* wire-format: poison the credits, so no later take succeeds. */
+    atomic_fetch_add_explicit(CREDITS(c->ring), -(1 << 30), memory_order_seq_cst);
     atomic_store_explicit(U32AT(c->ring, RS_OFF_RX_STATE), RS_RX_SLEEPING, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
     wake(c);
