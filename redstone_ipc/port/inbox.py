@@ -502,8 +502,7 @@ class Inbox:
     def _data_freed_locked(self, conn: Inbound) -> None:
         """Payloads copied out of a data segment freed room: a sender may wait for it."""
         conn.data_freed = False
-        if not TSO:
-            full_fence()
+        full_fence()  # the tag stores before the TX_WAITING load (StoreLoad, even on x86)
         if conn.tx_waiting():
             conn.wake_sender()
 

@@ -47,7 +47,7 @@ from ..message.message import Message
 from ..sched.lock import Condition, relocked
 from ..transport import layout as L
 from ..transport.loan import Loan
-from ..transport.sending import CLOSED, NO_CREDIT, SENT, Outbound
+from ..transport.sending import CLOSED, NO_CREDIT, NO_DATA_ROOM, SENT, Outbound
 
 if TYPE_CHECKING:
     from .inbox import Inbox
@@ -152,7 +152,7 @@ class Outlet:
                 if timeout == 0:
                     raise QueueFull(self._full_text(status))
                 raise SendTimedOut(self._full_text(status))
-            self._wait_room(conn, status, deadline, handle)
+            self._wait_room(conn, deadline, handle)
 
     def _full_text(self, status: int) -> str:
         if status == NO_CREDIT:
@@ -202,7 +202,8 @@ class Outlet:
         finally:
             conn.set_waiting(False)
             conn.drain_wakes()
-        return conn.credits() > 0
+        with self.lock:
+            return conn.room_now()
 
     def _ask_for_room(self, conn: Outbound) -> None:
         """Tell the receiver that this connection waits for credits (a WANT
@@ -244,7 +245,7 @@ class Outlet:
         if conn.closed_reason() or self._door_gone():
             self._closed(conn)
 
-    def _wait_room(self, conn: Outbound, status: int, deadline: float | None, handle: Handle) -> None:
+    def _wait_room(self, conn: Outbound, deadline: float | None, handle: Handle) -> None:
         """Sleep until the receiver gives room, hangs up, or the deadline.
 
         One thread (the *room leader*) sleeps in ``poll`` on the connection's
@@ -275,9 +276,11 @@ class Outlet:
         alive = True
         if leading:
             try:
-                full_fence()  # TX_WAITING before the last look at the credits
-                if not (status == NO_CREDIT and conn.credits() > 0):
-                    if status == NO_CREDIT:
+                full_fence()  # TX_WAITING before the last look at the room
+                with self.lock:
+                    room = conn.room_now()
+                if not room:
+                    if conn.credits() <= 0:
                         self._ask_for_room(conn)
                     p = select.poll()
                     p.register(conn.sock.fileno(), _POLLIN)
@@ -341,9 +344,10 @@ class Outlet:
             if deadline is not None and _now() >= deadline:
                 if conn is not None:
                     self._raise_if_gone(conn)
+                status = NO_DATA_ROOM if conn is not None and conn.data_blocked else NO_CREDIT
                 if timeout == 0:
-                    raise QueueFull(self._full_text(NO_CREDIT))
-                raise SendTimedOut(self._full_text(NO_CREDIT))
+                    raise QueueFull(self._full_text(status))
+                raise SendTimedOut(self._full_text(status))
             if conn is None:
                 await asyncio.sleep(0.001)
                 continue
@@ -370,10 +374,13 @@ class Outlet:
                 loop.add_reader(conn.sock.fileno(), self._on_wake, key)
             futures.append(fut)
         try:
-            full_fence()
-            if conn.credits() > 0:
+            full_fence()  # TX_WAITING before the last look at the room
+            with self.lock:
+                room = conn.room_now()
+            if room:
                 return
-            self._ask_for_room(conn)
+            if conn.credits() <= 0:
+                self._ask_for_room(conn)
             remaining = None if deadline is None else max(0.0, deadline - _now())
             await asyncio.wait_for(asyncio.shield(fut), remaining)
         except asyncio.TimeoutError:

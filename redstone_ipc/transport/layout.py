@@ -183,6 +183,7 @@ SEGMENT = struct.Struct("<IHHIIQ")  # magic, version, flags, id, reserved, data 
 MIN_SEGMENT = 1 << 16
 MAX_SEGMENT = 1 << 34  # 16 GiB: offsets are u32 granules (256 GiB at most)
 MAX_SEGMENTS = 8  # live segments per connection
+GROWTH_LIMIT = 1 << 23  # a sender's policy: segments double up to this, then only for bigger payloads
 TAG_RELEASED = 1
 
 # Socket records.

@@ -424,8 +424,7 @@ class Inbound:
         must hear of it (this runs from garbage collection, any thread)."""
         if self.closed:
             return
-        if not TSO:
-            full_fence()
+        full_fence()  # the tag store before the TX_WAITING load (StoreLoad, even on x86)
         if self.tx_waiting():
             self.wake_sender()
 

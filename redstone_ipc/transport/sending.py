@@ -67,7 +67,7 @@ class Outbound:
     __slots__ = (
         "mm", "nslots", "_mask", "_w", "_q", "_head", "_head_ptr", "_credits", "sock",
         "_doorbell", "_theirs", "_ring_fd", "_segments", "_current", "_next_segment_id",
-        "closed", "token", "_final_reason", "__weakref__",
+        "closed", "token", "_final_reason", "data_blocked", "__weakref__",
     )
 
     def __init__(self, nslots: int) -> None:
@@ -106,6 +106,7 @@ class Outbound:
         self._next_segment_id = 1
         self.closed = False
         self._final_reason = 0
+        self.data_blocked = 0  # the size of the last payload that found no data room
         self.token = int.from_bytes(os.urandom(8), "little")
 
     # -- connecting ------------------------------------------------------------
@@ -204,7 +205,9 @@ class Outbound:
                 placed = self._allocate(size)
                 if placed is None:
                     _fetch_add(credits, 1, _SEQ_CST)
+                    self.data_blocked = size
                     return NO_DATA_ROOM
+                self.data_blocked = 0
                 segment, offset = placed
                 segment.data[offset:offset + size] = view if view.format == "B" else view.cast("B")
                 flags = L.SLOT_DATA
@@ -280,8 +283,9 @@ class Outbound:
             offset = current.allocate(size)
             if offset >= 0:
                 return current, offset
-            return None  # full of unreleased payloads: wait for the receiver
-        if current is not None and current.size >= L.MAX_SEGMENT:
+            # Full of payloads the receiver has not released (it may keep
+            # them): a bigger segment while there may be one, then wait.
+        elif current is not None and current.size >= L.MAX_SEGMENT:
             if size > current.size:
                 raise MessageTooLarge(f"a payload is at most {L.MAX_SEGMENT} bytes")
             offset = current.allocate(size)
@@ -364,6 +368,25 @@ class Outbound:
             return 0
         v = self._w[L.OFF_CREDITS >> 2]
         return v - (1 << 32) if v & 0x8000_0000 else v
+
+    def room_now(self) -> bool:
+        """Whether the send that failed would succeed now (call it under the
+        lock that serialises this connection's sends).
+
+        A waiting sender looks after setting ``TX_WAITING`` and a full fence:
+        whatever the receiver frees after the look, it sees the flag and
+        wakes us; what it freed before, the look sees.
+        """
+        if self.credits() <= 0:
+            return False
+        size = self.data_blocked
+        if not size:
+            return True
+        current = self._current
+        if current is not None and current.fits(size):
+            return True
+        # Or a segment the receiver is done with retires, making way for a new one.
+        return any(s is not current and s.idle() for s in self._segments.values())
 
     def drain_wakes(self) -> bool:
         """Read the WAKE records waiting on the socket; False at hang-up."""

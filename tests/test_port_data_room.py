@@ -1,0 +1,145 @@
+"""Large payloads and the room they take: a receiver may keep what it got.
+
+A payload too big for a slot travels in the sender's data segment and is
+received as a view of those very pages, so while the receiver keeps it,
+that room stays taken. The sender then makes a bigger segment (up to
+``layout.MAX_SEGMENTS``), and only when every segment is full of payloads
+the receiver keeps does it wait, until one is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+
+import pytest
+
+from conftest import fork_child, wait_child
+from redstone_ipc import Empty, Message, QueueFull
+from redstone_ipc.message.message import COPY_LIMIT
+from redstone_ipc.port import SEND_RIGHTS, Port
+
+pytestmark = pytest.mark.timeout(60)
+
+SIZE = 80 << 10  # above COPY_LIMIT: received as a view of the sender's segment
+
+
+assert SIZE > COPY_LIMIT
+
+
+def numbered(i: int) -> bytes:
+    return struct.pack("<I", i) * (SIZE // 4)
+
+
+def number_of(msg: Message) -> int:
+    data = bytes(msg)
+    (i,) = struct.unpack_from("<I", data)
+    assert data == numbered(i), "torn payload"
+    return i
+
+
+def test_a_receiver_may_keep_many_large_payloads_while_the_sender_goes_on(no_fd_leak):
+    port = Port(capacity=256)
+    client = port.duplicate(SEND_RIGHTS)
+    count = 100  # 8 MiB kept at once: many segments
+
+    def sender() -> None:
+        for i in range(count):
+            client.send(Message(1, numbered(i)), timeout=10)
+
+    pid = fork_child(sender)
+    kept = [port.recv(timeout=10) for _ in range(count)]
+    assert wait_child(pid) == 0, "the sender never had to wait for the payloads kept"
+    assert [number_of(m) for m in kept] == list(range(count))
+    for m in kept:
+        m.close()
+    client.close()
+    port.close()
+
+
+def test_a_sender_out_of_data_room_says_so_and_a_release_lets_it_go_on(no_fd_leak):
+    port = Port(capacity=4096)
+    client = port.duplicate(SEND_RIGHTS)
+    kept = []
+    with pytest.raises(QueueFull, match="holds earlier payloads"):
+        for i in range(4096):
+            client.send(Message(1, numbered(i)), timeout=0)
+            kept.append(port.recv(timeout=0))
+    assert 50 < len(kept) < 4096  # stopped by the data segments, not the capacity
+    with pytest.raises(QueueFull, match="holds earlier payloads"):
+        client.send(Message(1, numbered(0)), timeout=0)  # still: nothing went back
+    for m in kept:  # the payloads go back (closing, or dropping the last view)
+        m.close()
+    client.send(Message(1, numbered(len(kept))), timeout=0)
+    assert number_of(port.recv(timeout=0)) == len(kept)
+    client.close()
+    port.close()
+
+
+def test_an_async_sender_waits_for_data_room_in_the_event_loop(no_fd_leak):
+    port = Port(capacity=4096)
+    client = port.duplicate(SEND_RIGHTS)
+    kept = []
+    try:
+        while True:
+            client.send(Message(1, numbered(len(kept))), timeout=0)
+            kept.append(port.recv(timeout=0))
+    except QueueFull:
+        pass
+
+    async def release_later() -> None:
+        await asyncio.sleep(0.05)  # the sender must be waiting by now, in this loop
+        for m in kept:
+            m.close()
+
+    async def main() -> None:
+        releasing = asyncio.ensure_future(release_later())
+        # Credits are plenty; only data room lacks. The wait must yield to
+        # the loop, or the coroutine that releases never runs.
+        await client.send_async(Message(2, numbered(7)), timeout=20)
+        assert releasing.done()
+
+    asyncio.run(main())
+    assert number_of(port.recv(timeout=0)) == 7
+    client.close()
+    port.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_sender_waiting_for_data_room_is_woken_by_every_release(no_fd_leak, seed):
+    """The receiver releases payloads at random moments, many of them while
+    the sender is deciding to sleep: a lost wake would hang the sender."""
+    port = Port(capacity=4096)
+    client = port.duplicate(SEND_RIGHTS)
+    count = 3000
+
+    def sender() -> None:
+        for i in range(count):
+            client.send(Message(1, numbered(i)), timeout=None)
+
+    pid = fork_child(sender)
+    rng = random.Random(seed)
+    kept: list[Message] = []
+    got = 0
+    while got < count:
+        try:
+            msg = port.recv(timeout=0)
+        except Empty:
+            for m in kept:  # the sender may wait for these: let them all go
+                m.close()
+            kept.clear()
+            msg = port.recv(timeout=30)
+        assert number_of(msg) == got
+        got += 1
+        kept.append(msg)
+        if rng.random() < 0.01:
+            cut = rng.randrange(len(kept) + 1)
+            for m in kept[:cut]:
+                m.close()
+            del kept[:cut]
+    for m in kept:
+        m.close()
+    assert wait_child(pid) == 0
+    client.close()
+    port.close()
