@@ -47,7 +47,9 @@ from ..message.message import Message
 from ..sched.lock import Condition, relocked
 from ..transport import layout as L
 from ..transport.loan import Loan
-from ..transport.sending import CLOSED, NO_CREDIT, NO_DATA_ROOM, SENT, Outbound
+from ..transport.sending import (
+    CLOSED, FDS_IN_FLIGHT, NO_CREDIT, NO_DATA_ROOM, NO_SOCKET_ROOM, SENT, SOCKET_FULL, Outbound,
+)
 
 if TYPE_CHECKING:
     from .inbox import Inbox
@@ -60,6 +62,8 @@ _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _POLLIN = select.POLLIN
 _RX_STATE = L.OFF_RX_STATE >> 2
+_POLLOUT = select.POLLOUT
+_IN_FLIGHT_POLL = 0.01  # seconds between looks while the kernel refuses more fds in flight
 _HUP = select.POLLHUP | select.POLLERR
 
 LOCAL_INBOXES: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
@@ -95,6 +99,7 @@ class Outlet:
         self.room_cond = Condition(self.lock)  # threads waiting for room behind the room leader
         self.room_leader = False
         self._async: dict[tuple[asyncio.AbstractEventLoop, Outbound], list[asyncio.Future[None]]] = {}
+        self._writing: set[tuple[asyncio.AbstractEventLoop, Outbound]] = set()  # loops watching POLLOUT
         self.dead = False
         _LIVE.add(self)
 
@@ -157,6 +162,9 @@ class Outlet:
     def _full_text(self, status: int) -> str:
         if status == NO_CREDIT:
             return "no room: the queue is full (or the receiver has not granted room to this sender yet)"
+        if status == NO_SOCKET_ROOM:
+            return ("no room for more handles: the receiver has not read the ones sent before "
+                    "(the connection socket is full, or this user has RLIMIT_NOFILE fds in flight)")
         return "no room in the data segments: the receiver still holds earlier payloads"
 
     def _connect_locked(self) -> Outbound:
@@ -283,9 +291,11 @@ class Outlet:
                     if conn.credits() <= 0:
                         self._ask_for_room(conn)
                     p = select.poll()
-                    p.register(conn.sock.fileno(), _POLLIN)
+                    p.register(conn.sock.fileno(), _POLLIN | (_POLLOUT if conn.socket_blocked == SOCKET_FULL else 0))
                     p.register(self.door.fileno(), 0)
                     p.register(kick, _POLLIN)
+                    if conn.socket_blocked == FDS_IN_FLIGHT:  # no event tells: look again soon
+                        remaining = _IN_FLIGHT_POLL if remaining is None else min(remaining, _IN_FLIGHT_POLL)
                     p.poll(None if remaining is None else remaining * 1000.0)
             finally:
                 with relocked(self.lock):
@@ -344,7 +354,9 @@ class Outlet:
             if deadline is not None and _now() >= deadline:
                 if conn is not None:
                     self._raise_if_gone(conn)
-                status = NO_DATA_ROOM if conn is not None and conn.data_blocked else NO_CREDIT
+                status = NO_CREDIT
+                if conn is not None:
+                    status = NO_SOCKET_ROOM if conn.socket_blocked else NO_DATA_ROOM if conn.data_blocked else NO_CREDIT
                 if timeout == 0:
                     raise QueueFull(self._full_text(status))
                 raise SendTimedOut(self._full_text(status))
@@ -381,6 +393,13 @@ class Outlet:
                 return
             if conn.credits() <= 0:
                 self._ask_for_room(conn)
+            elif conn.socket_blocked == FDS_IN_FLIGHT:
+                deadline = _IN_FLIGHT_POLL + _now() if deadline is None else min(deadline, _IN_FLIGHT_POLL + _now())
+            elif conn.socket_blocked:
+                with self.lock:
+                    if key not in self._writing:
+                        self._writing.add(key)
+                        loop.add_writer(conn.sock.fileno(), self._on_writable, key)
             remaining = None if deadline is None else max(0.0, deadline - _now())
             await asyncio.wait_for(asyncio.shield(fut), remaining)
         except asyncio.TimeoutError:
@@ -394,11 +413,25 @@ class Outlet:
                     del self._async[key]
                     try:
                         loop.remove_reader(conn.sock.fileno())
+                        if key in self._writing:
+                            self._writing.discard(key)
+                            loop.remove_writer(conn.sock.fileno())
                     except (ValueError, OSError):
                         pass
                 self._leave_wait_locked(conn)
         if conn.closed and conn is self.conn:
             self._raise_if_gone(conn)
+
+    def _on_writable(self, key: tuple[asyncio.AbstractEventLoop, Outbound]) -> None:
+        """The loop saw room in our socket: every coroutine of that loop looks again."""
+        loop, conn = key
+        with self.lock:
+            self._writing.discard(key)
+            _wake_futures(self._async.get(key, []))
+        try:
+            loop.remove_writer(conn.sock.fileno())  # level-triggered: it would fire again
+        except (ValueError, OSError):
+            pass
 
     def _on_wake(self, key: tuple[asyncio.AbstractEventLoop, Outbound]) -> None:
         """The loop saw our socket readable: read the WAKEs (it is level-triggered:
@@ -466,6 +499,7 @@ class Outlet:
         self.room_cond = Condition(self.lock)
         self.room_leader = False
         self._async = {}
+        self._writing = set()
         self.waiting = 0
         for old in self.retired:
             old.close()

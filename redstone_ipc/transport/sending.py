@@ -15,14 +15,18 @@ time call ``try_send``).
 * ``NO_CREDIT`` — the receiver granted no more room to this connection;
 * ``NO_DATA_ROOM`` — the data segments are full of payloads the receiver
   has not released yet (views it keeps alive), and no bigger one may be made;
+* ``NO_SOCKET_ROOM`` — the connection socket is full of records (handles,
+  segments) the receiver has not read yet;
 * ``CLOSED`` — the receiver ended the connection (``closed_reason``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
+import select
 import socket
 import struct
 
@@ -37,12 +41,16 @@ from . import layout as L
 from .loan import Loan
 from .segments import SegmentWriter, segment_size_for
 
-__all__ = ["Outbound", "SENT", "NO_CREDIT", "NO_DATA_ROOM", "CLOSED"]
+__all__ = ["Outbound", "SENT", "NO_CREDIT", "NO_DATA_ROOM", "NO_SOCKET_ROOM", "CLOSED"]
 
 SENT = 0
 NO_CREDIT = 1
 NO_DATA_ROOM = 2
 CLOSED = 3
+NO_SOCKET_ROOM = 4
+# Why NO_SOCKET_ROOM (``Outbound.socket_blocked``):
+SOCKET_FULL = 1  # the receiver has not read the records before
+FDS_IN_FLIGHT = 2  # ETOOMANYREFS: this user has RLIMIT_NOFILE fds in sockets, unread
 
 _MINUS_ONE = 0xFFFF_FFFF  # -1 as the u32 that libatomic's fetch_add takes
 _SEQ_CST = 5
@@ -67,7 +75,7 @@ class Outbound:
     __slots__ = (
         "mm", "nslots", "_mask", "_w", "_q", "_head", "_head_ptr", "_credits", "sock",
         "_doorbell", "_theirs", "_ring_fd", "_segments", "_current", "_next_segment_id",
-        "closed", "token", "_final_reason", "data_blocked", "__weakref__",
+        "closed", "token", "_final_reason", "data_blocked", "socket_blocked", "__weakref__",
     )
 
     def __init__(self, nslots: int) -> None:
@@ -106,7 +114,9 @@ class Outbound:
         self._next_segment_id = 1
         self.closed = False
         self._final_reason = 0
-        self.data_blocked = 0  # the size of the last payload that found no data room
+        # What the last failed send lacked besides credits (room_now looks at it).
+        self.data_blocked = 0  # the size of a payload that found no data room
+        self.socket_blocked = 0  # SOCKET_FULL, or FDS_IN_FLIGHT (no event says when that ends)
         self.token = int.from_bytes(os.urandom(8), "little")
 
     # -- connecting ------------------------------------------------------------
@@ -144,6 +154,8 @@ class Outbound:
                 old = _fetch_add(credits, _MINUS_ONE, _SEQ_CST)
                 if not 0 < old < 0x8000_0000:  # it was 0, or negative: no credit
                     _fetch_add(credits, 1, _SEQ_CST)
+                    self.data_blocked = 0
+                    self.socket_blocked = 0
                     # (a closed connection's credits are poisoned: say why)
                     return CLOSED if self._w[_RX_CLOSED] else NO_CREDIT
                 h = self._head
@@ -183,6 +195,8 @@ class Outbound:
         old = _fetch_add(credits, _MINUS_ONE, _SEQ_CST)
         if not 0 < old < 0x8000_0000:  # it was 0, or negative: no credit
             _fetch_add(credits, 1, _SEQ_CST)
+            self.data_blocked = 0
+            self.socket_blocked = 0
             return NO_CREDIT
         # From here on the credit is ours: publish, or give it back.
         h = self._head
@@ -191,6 +205,7 @@ class Outbound:
         flags = 0
         segment_id = 0
         granule = 0
+        placed = None
         try:
             if payload.__class__ is Loan:
                 segment, offset = self._take_loan(payload)  # type: ignore[arg-type]
@@ -206,6 +221,7 @@ class Outbound:
                 if placed is None:
                     _fetch_add(credits, 1, _SEQ_CST)
                     self.data_blocked = size
+                    self.socket_blocked = 0
                     return NO_DATA_ROOM
                 self.data_blocked = 0
                 segment, offset = placed
@@ -219,13 +235,18 @@ class Outbound:
                 flags |= L.SLOT_FDS
             _pack_slot(mm, off, size, len(handles), msg_type, 0, priority, txid,
                        flags, fd_count, segment_id, granule)
-        except _Closed:
+        except BaseException as e:
+            # Nothing was published: the credit and the data room go back.
+            if placed is not None:
+                placed[0].release_unsent(placed[1])
             _fetch_add(credits, 1, _SEQ_CST)
-            return CLOSED
-        except BaseException:
-            # Nothing was published; the credit goes back.
-            _fetch_add(credits, 1, _SEQ_CST)
+            if e.__class__ is _Closed:
+                return CLOSED
+            if e.__class__ is _SocketFull:
+                self.socket_blocked = e.args[0]
+                return NO_SOCKET_ROOM
             raise
+        self.socket_blocked = 0
         h += 1
         self._head = h
         if TSO:
@@ -265,8 +286,12 @@ class Outbound:
                 cmsg.send_record(self.sock, record, fds, _DONTWAIT)
             except (BrokenPipeError, ConnectionResetError):
                 raise _Closed() from None
+            except BlockingIOError:
+                raise _SocketFull(SOCKET_FULL) from None
             except OSError as e:
-                if e.errno == 90:  # EMSGSIZE
+                if e.errno == errno.ETOOMANYREFS:  # this user's fds in flight: RLIMIT_NOFILE
+                    raise _SocketFull(FDS_IN_FLIGHT) from None
+                if e.errno == errno.EMSGSIZE:
                     raise MessageTooLarge(f"the handles' record is too large: {e}") from None
                 raise
         finally:
@@ -311,6 +336,12 @@ class Outbound:
                 cmsg.send_record(self.sock, [head], [segment.fd], _DONTWAIT)
             except (BrokenPipeError, ConnectionResetError):
                 raise _Closed() from None
+            except BlockingIOError:
+                raise _SocketFull(SOCKET_FULL) from None
+            except OSError as e:
+                if e.errno == errno.ETOOMANYREFS:
+                    raise _SocketFull(FDS_IN_FLIGHT) from None
+                raise
         except BaseException:
             segment.close()
             raise
@@ -379,6 +410,8 @@ class Outbound:
         """
         if self.credits() <= 0:
             return False
+        if self.socket_blocked:
+            return self.socket_blocked == SOCKET_FULL and self.socket_writable()
         size = self.data_blocked
         if not size:
             return True
@@ -387,6 +420,14 @@ class Outbound:
             return True
         # Or a segment the receiver is done with retires, making way for a new one.
         return any(s is not current and s.idle() for s in self._segments.values())
+
+    def socket_writable(self) -> bool:
+        """Whether the connection socket has room for a record now."""
+        if self.closed:
+            return True  # (the next send reports why)
+        p = select.poll()
+        p.register(self.sock.fileno(), select.POLLOUT)
+        return bool(p.poll(0))
 
     def drain_wakes(self) -> bool:
         """Read the WAKE records waiting on the socket; False at hang-up."""
@@ -432,3 +473,8 @@ class Outbound:
 
 class _Closed(Exception):
     """The connection's socket is gone (raised inside try_send, turned into CLOSED)."""
+
+
+class _SocketFull(Exception):
+    """The connection's socket has no room for a record (turned into
+    NO_SOCKET_ROOM); its argument says why."""

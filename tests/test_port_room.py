@@ -1,22 +1,28 @@
-"""Large payloads and the room they take: a receiver may keep what it got.
+"""Room besides credits: data segments for large payloads, the socket for handles.
 
 A payload too big for a slot travels in the sender's data segment and is
 received as a view of those very pages, so while the receiver keeps it,
 that room stays taken. The sender then makes a bigger segment (up to
 ``layout.MAX_SEGMENTS``), and only when every segment is full of payloads
 the receiver keeps does it wait, until one is released.
+
+Handles travel as records on the connection socket, which the kernel
+bounds: a sender that finds it full waits for the receiver to read, like
+a sender without credits, and its ``QueueFull`` says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import struct
 
 import pytest
 
 from conftest import fork_child, wait_child
-from redstone_ipc import Empty, Message, QueueFull
+from test_port import wait_asleep
+from redstone_ipc import Empty, FdHandle, Message, QueueFull
 from redstone_ipc.message.message import COPY_LIMIT
 from redstone_ipc.port import SEND_RIGHTS, Port
 
@@ -141,5 +147,89 @@ def test_a_sender_waiting_for_data_room_is_woken_by_every_release(no_fd_leak, se
     for m in kept:
         m.close()
     assert wait_child(pid) == 0
+    client.close()
+    port.close()
+
+
+# -- the connection socket ---------------------------------------------------------
+
+HANDLED = 1500  # more records than a connection socket holds (about 400 here)
+
+
+def with_fd(i: int) -> Message:
+    r, w = os.pipe()
+    os.write(w, struct.pack("<I", i))
+    os.close(w)
+    msg = Message(1, struct.pack("<I", i))
+    msg.attach_handle(FdHandle.adopt(r))
+    return msg
+
+
+def check_with_fd(msg: Message, i: int) -> None:
+    assert struct.unpack("<I", bytes(msg)) == (i,)
+    (handle,) = msg.handles
+    assert os.read(handle.fileno(), 8) == struct.pack("<I", i), "the fd sent with it"
+    msg.close()
+
+
+def test_a_sender_waits_while_the_socket_is_full_of_handles_and_goes_on(no_fd_leak):
+    port = Port(capacity=4096)
+    client = port.duplicate(SEND_RIGHTS)
+
+    def sender() -> None:
+        for i in range(HANDLED):
+            client.send(with_fd(i), timeout=None)
+
+    pid = fork_child(sender)
+    wait_asleep(pid)  # it filled the socket (credits are plenty) and sleeps
+    for i in range(HANDLED):
+        check_with_fd(port.recv(timeout=30), i)
+    assert wait_child(pid) == 0
+    client.close()
+    port.close()
+
+
+def test_a_full_socket_is_queue_full_with_timeout_zero_and_loses_nothing(no_fd_leak):
+    port = Port(capacity=4096)
+    client = port.duplicate(SEND_RIGHTS)
+    sent = 0
+    with pytest.raises(QueueFull, match="no room for more handles"):
+        while sent < HANDLED:
+            msg = with_fd(sent)
+            client.send(msg, timeout=0)
+            sent += 1
+    assert 0 < sent < HANDLED
+    assert msg.handles[0].fileno() >= 0, "a failed send leaves the handles with the caller"
+    msg.close()
+    for i in range(sent):
+        check_with_fd(port.recv(timeout=5), i)
+    client.send(with_fd(sent), timeout=0)  # room again
+    check_with_fd(port.recv(timeout=5), sent)
+    client.close()
+    port.close()
+
+
+def test_an_async_sender_waits_for_socket_room_in_the_event_loop(no_fd_leak):
+    port = Port(capacity=4096)
+    client = port.duplicate(SEND_RIGHTS)
+
+    async def receive_later(count: int) -> None:
+        await asyncio.sleep(0.05)
+        for i in range(count):
+            check_with_fd(await port.recv_async(timeout=5), i)
+
+    async def main() -> None:
+        sent = 0
+        try:
+            while True:
+                client.send(with_fd(sent), timeout=0)
+                sent += 1
+        except QueueFull:
+            pass
+        receiving = asyncio.ensure_future(receive_later(sent + 1))
+        await client.send_async(with_fd(sent), timeout=20)
+        await asyncio.wait_for(receiving, 20)
+
+    asyncio.run(main())
     client.close()
     port.close()
