@@ -191,6 +191,8 @@ class Outbound:
             size = view.nbytes  # type: ignore[union-attr]
         if not _I32[0] <= priority <= _I32[1]:
             raise ValueError(f"priority must fit an i32, not {priority}")
+        if size > 0xFFFF_FFFF:  # (a bytearray may have grown since the Message checked)
+            raise MessageTooLarge(f"a payload is at most {0xFFFF_FFFF} bytes, not {size}")
         credits = self._credits
         old = _fetch_add(credits, _MINUS_ONE, _SEQ_CST)
         if not 0 < old < 0x8000_0000:  # it was 0, or negative: no credit
