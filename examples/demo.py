@@ -31,6 +31,7 @@ import zlib
 
 from redstone_ipc import (
     Channel,
+    ChannelEndpoint,
     Message,
     PeerClosed,
     PermissionDenied,
@@ -101,7 +102,8 @@ class Stats:
 async def serve_app(hello: Message, stats: Stats) -> None:
     """Serve one app's channel until it ends, cleanly or not."""
     index, pid, their_frames = json.loads(bytes(hello.payload))
-    shm, channel = hello.handles
+    shm = hello.take(SharedMemory)  # typed: what the app attached, in order
+    channel = hello.take(ChannelEndpoint)
     view = shm.map(writable=False)
     ours = frame_numbers(view)
     stats.zero_copy[index] = None if ours is None or their_frames is None else ours == their_frames
@@ -113,9 +115,7 @@ async def serve_app(hello: Message, stats: Stats) -> None:
             request = await channel.recv_async()
             n, crc = _FRAME.unpack(request.payload)
             ok = zlib.crc32(view) == crc  # reads the app's pages in place
-            reply = Message.with_data(ACK, b"ok" if ok else b"bad frame")
-            reply.txid = request.txid
-            await channel.send_async(reply)
+            await channel.reply_async(request, Message.with_data(ACK, b"ok" if ok else b"bad frame"))
             stats.frames[index] += 1
             stats.handoff_us.append((time.perf_counter() - started) * 1e6)
     except PeerClosed:

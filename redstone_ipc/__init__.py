@@ -9,6 +9,7 @@ is the futex).
 from .core.object import FdHandle, Handle, HandleTable, HANDLE_TABLE, ObjectType, Rights
 from .errors import (
     CapacityError,
+    ConnectTimedOut,
     Empty,
     FutexError,
     InvalidAddress,
@@ -56,6 +57,7 @@ __all__ = [
     "ChannelEndpoint",
     "ChannelPair",
     "Condition",
+    "ConnectTimedOut",
     "Empty",
     "Event",
     "FdHandle",
