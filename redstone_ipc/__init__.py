@@ -10,6 +10,7 @@ from .core.object import FdHandle, Handle, HandleTable, HANDLE_TABLE, ObjectType
 from .core.export import ExportedHandle, adopt_handle
 from .errors import (
     CapacityError,
+    ConnectTimedOut,
     Empty,
     FutexError,
     InvalidAddress,
@@ -58,6 +59,7 @@ __all__ = [
     "ChannelEndpoint",
     "ChannelPair",
     "Condition",
+    "ConnectTimedOut",
     "Empty",
     "Event",
     "ExportedHandle",
