@@ -16,15 +16,19 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
+import socket
 import struct
+import threading
 
 import pytest
 
 from conftest import fork_child, wait_child
-from test_port import wait_asleep
-from redstone_ipc import Empty, FdHandle, Message, QueueFull
+from test_port import wait_asleep, wait_stopped
+from redstone_ipc import Empty, FdHandle, Message, QueueFull, SendTimedOut
 from redstone_ipc.message.message import COPY_LIMIT
 from redstone_ipc.port import SEND_RIGHTS, Port
+from redstone_ipc.transport import layout
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -231,5 +235,88 @@ def test_an_async_sender_waits_for_socket_room_in_the_event_loop(no_fd_leak):
         await asyncio.wait_for(receiving, 20)
 
     asyncio.run(main())
+    client.close()
+    port.close()
+
+
+def test_a_loan_waits_for_data_room_as_a_send_does(no_fd_leak):
+    port = Port(capacity=4096)
+    client = port.duplicate(SEND_RIGHTS)
+    kept = []
+    try:
+        while True:
+            client.send(Message(1, numbered(len(kept))), timeout=0)
+            kept.append(port.recv(timeout=0))
+    except QueueFull:
+        pass
+    with pytest.raises(QueueFull, match="holds earlier payloads"):
+        client.loan(SIZE, timeout=0)
+    with pytest.raises(SendTimedOut, match="holds earlier payloads"):
+        client.loan(SIZE, timeout=0.05)
+
+    def release() -> None:
+        for m in kept:
+            m.close()
+
+    releasing = threading.Timer(0.05, release)  # the loan below sleeps meanwhile
+    releasing.start()
+    loan = client.loan(SIZE, timeout=20)
+    releasing.join()
+    loan.view[:] = numbered(5)
+    client.send(Message(3, loan), timeout=0)
+    assert number_of(port.recv(timeout=0)) == 5
+    client.close()
+    port.close()
+
+
+# -- the door --------------------------------------------------------------------
+
+
+def test_a_new_sender_waits_while_the_receivers_door_is_full(no_fd_leak):
+    """A stopped receiver hears no one; records pile up on its door until the
+    kernel refuses more. A sender's first message (its connection record)
+    then waits for the door as any send waits for room."""
+    port = Port(capacity=16)
+    client = port.duplicate(SEND_RIGHTS)
+    ready_r, ready_w = os.pipe()
+    got_r, got_w = os.pipe()
+
+    def receiver() -> None:
+        with pytest.raises(Empty):
+            port.try_recv()  # the receive side is this process's now
+        os.write(ready_w, b"r")
+        msg = port.recv(timeout=30)
+        os.write(got_w, bytes(msg))
+
+    pid = fork_child(receiver)
+    os.close(ready_w)
+    os.close(got_w)
+    assert os.read(ready_r, 1) == b"r"
+    os.kill(pid, signal.SIGSTOP)
+    wait_stopped(pid)
+    exported = port.duplicate(SEND_RIGHTS).export()
+    door = socket.socket(fileno=os.dup(exported.fds[0]))
+    exported.close()
+    junk = layout.DOOR_RECORD.pack(layout.DOOR_MAGIC, layout.VERSION, layout.DOOR_WANT, 0, 0, 1)
+    try:
+        while True:  # WANTs of no connection: a receiver ignores them
+            door.send(junk, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        pass
+    with pytest.raises(QueueFull, match="door is full"):
+        client.send(Message(1, b"knock"), timeout=0)
+    with pytest.raises(SendTimedOut, match="door is full"):
+        client.send(Message(1, b"knock"), timeout=0.05)
+    sending = threading.Thread(target=client.send, args=(Message(1, b"knock"),), kwargs={"timeout": 30})
+    sending.start()
+    wait_asleep(os.getpid(), sending.native_id)
+    os.kill(pid, signal.SIGCONT)
+    sending.join(30)
+    assert not sending.is_alive()
+    assert os.read(got_r, 16) == b"knock"
+    assert wait_child(pid) == 0
+    for fd in (ready_r, got_r):
+        os.close(fd)
+    door.close()
     client.close()
     port.close()

@@ -162,12 +162,27 @@ class MailboxHandle(Handle):
                 raise
             raise _send_timed_out(e) from None
 
-    def loan(self, size: int) -> Loan:
+    def loan(self, size: int, *, timeout: float | None = None) -> Loan:
         """``size`` writable bytes of shared memory to build a payload in, then
         send with ``Message(msg_type, loan)``: the receiver reads these very
-        pages (zero copy). See :class:`~redstone_ipc.transport.loan.Loan`."""
+        pages (zero copy). See :class:`~redstone_ipc.transport.loan.Loan`.
+
+        A loan takes room in this sender's data segments (not a place in the
+        queue: the send takes that). While they are full of payloads the
+        receiver keeps, it waits as ``send`` does: ``timeout`` None (the
+        default) for ever, seconds at most, 0 not at all; then SendTimedOut.
+        """
         obj: Mailbox = self._require(Rights.SEND)
-        return obj.get_outlet().loan(size)
+        outlet = obj.get_outlet()
+        if timeout is None:
+            return outlet.loan(size, None, self)
+        timeout = seconds(timeout)
+        try:
+            return outlet.loan(size, timeout, self)
+        except QueueFull as e:
+            if timeout != 0 or e.__class__ is not QueueFull:
+                raise
+            raise _send_timed_out(e) from None
 
     # -- receiving (needs RECEIVE) -------------------------------------------
 

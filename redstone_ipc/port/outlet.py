@@ -131,15 +131,17 @@ class Outlet:
                    handle: Handle) -> None:
         deadline = None
         while True:
-            lock = self.lock
-            lock.acquire()
             try:
-                conn = self.conn
-                if conn is None:
-                    conn = self._connect_locked()
-                status = conn.try_send(msg._payload, msg.msg_type, priority, msg.txid, msg.handles)
-            finally:
-                lock.release()
+                with self.lock:
+                    conn = self.conn
+                    if conn is None:
+                        conn = self._connect_locked()
+                    status = conn.try_send(msg._payload, msg.msg_type, priority, msg.txid, msg.handles)
+            except _DoorFull as e:
+                if deadline is None and timeout is not None:
+                    deadline = _now() + timeout
+                self._wait_door(e, timeout, deadline)
+                continue
             if status == SENT:
                 if not TSO:
                     full_fence()
@@ -178,7 +180,7 @@ class Outlet:
                 self.door.sendmsg([head], anc, _DONTWAIT)
             except BlockingIOError:
                 # The receiver has not taken the connections before ours yet.
-                raise QueueFull("the receiver is not taking new senders now (its door is full)") from None
+                raise _DoorFull("the receiver is not taking new senders now (its door is full)") from None
             except (BrokenPipeError, ConnectionResetError):
                 raise self.gone(self.gone_text) from None
         except BaseException:
@@ -190,6 +192,17 @@ class Outlet:
         if local is not None:
             local.service()
         return conn
+
+    def _wait_door(self, full: _DoorFull, timeout: float | None, deadline: float | None) -> None:
+        """Wait until the door has room for our connection record (or the time is up)."""
+        remaining = None if deadline is None else deadline - _now()
+        if remaining is not None and remaining <= 0:
+            if timeout == 0:
+                raise QueueFull(str(full)) from None
+            raise SendTimedOut(str(full)) from None
+        p = select.poll()
+        p.register(self.door.fileno(), _POLLOUT)
+        p.poll(None if remaining is None else remaining * 1000.0)
 
     def _local_inbox(self) -> Inbox | None:
         obj = LOCAL_INBOXES.get(self.door_key)
@@ -253,7 +266,8 @@ class Outlet:
         if conn.closed_reason() or self._door_gone():
             self._closed(conn)
 
-    def _wait_room(self, conn: Outbound, deadline: float | None, handle: Handle) -> None:
+    def _wait_room(self, conn: Outbound, deadline: float | None, handle: Handle,
+                   credit: bool = True) -> None:
         """Sleep until the receiver gives room, hangs up, or the deadline.
 
         One thread (the *room leader*) sleeps in ``poll`` on the connection's
@@ -286,9 +300,9 @@ class Outlet:
             try:
                 full_fence()  # TX_WAITING before the last look at the room
                 with self.lock:
-                    room = conn.room_now()
+                    room = conn.room_now(credit)
                 if not room:
-                    if conn.credits() <= 0:
+                    if credit and conn.credits() <= 0:
                         self._ask_for_room(conn)
                     p = select.poll()
                     p.register(conn.sock.fileno(), _POLLIN | (_POLLOUT if conn.socket_blocked == SOCKET_FULL else 0))
@@ -451,12 +465,35 @@ class Outlet:
 
     # -- loans -------------------------------------------------------------------
 
-    def loan(self, size: int) -> Loan:
-        with self.lock:
-            conn = self.conn
-            if conn is None:
-                conn = self._connect_locked()
-            return conn.loan(size)
+    def loan(self, size: int, timeout: float | None, handle: Handle) -> Loan:
+        """A loan of ``size`` bytes; waits (as ``send`` does) while the data
+        segments are full of payloads the receiver keeps."""
+        deadline = None
+        while True:
+            try:
+                with self.lock:
+                    conn = self.conn
+                    if conn is None:
+                        conn = self._connect_locked()
+                    got = conn.try_loan(size)
+            except _DoorFull as e:
+                if deadline is None and timeout is not None:
+                    deadline = _now() + timeout
+                self._wait_door(e, timeout, deadline)
+                continue
+            if got.__class__ is Loan:
+                return got  # type: ignore[return-value]
+            if got == CLOSED:
+                self._closed(conn)
+                continue
+            if deadline is None and timeout is not None:
+                deadline = _now() + timeout
+            if timeout is not None and _now() >= deadline:  # type: ignore[operator]
+                self._raise_if_gone(conn)
+                if timeout == 0:
+                    raise QueueFull(self._full_text(got))  # type: ignore[arg-type]
+                raise SendTimedOut(self._full_text(got))  # type: ignore[arg-type]
+            self._wait_room(conn, deadline, handle, credit=False)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -510,6 +547,10 @@ class Outlet:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.close()
+
+
+class _DoorFull(QueueFull):
+    """The door has no room for a connection record (the receiver is busy, or stopped)."""
 
 
 def _wake_futures(futures: list[asyncio.Future[None]]) -> None:

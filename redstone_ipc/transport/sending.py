@@ -360,17 +360,25 @@ class Outbound:
                 del self._segments[seg_id]
                 segment.close()  # the receiver keeps its own mapping until it closes
 
-    def loan(self, size: int) -> Loan:
-        """``size`` writable bytes in a data segment (see ``transport.loan``).
-
-        MessageTooLarge above the largest segment; None-like failure (no
-        room until the receiver releases payloads) raises BlockingIOError.
-        """
+    def try_loan(self, size: int) -> Loan | int:
+        """``size`` writable bytes in a data segment (see ``transport.loan``),
+        or why not: NO_DATA_ROOM, NO_SOCKET_ROOM (a new segment could not be
+        announced yet) or CLOSED. MessageTooLarge above the largest segment.
+        A loan takes no credit: the send does."""
         if size <= 0:
             raise ValueError(f"a loan is at least one byte, not {size}")
-        placed = self._allocate(size)
+        self.socket_blocked = 0
+        self.data_blocked = 0
+        try:
+            placed = self._allocate(size)
+        except _Closed:
+            return CLOSED
+        except _SocketFull as e:
+            self.socket_blocked = e.args[0]
+            return NO_SOCKET_ROOM
         if placed is None:
-            raise BlockingIOError("no room in the data segments until the receiver releases payloads")
+            self.data_blocked = size
+            return NO_DATA_ROOM
         segment, offset = placed
         return Loan(segment.data[offset:offset + size], self, segment, offset)
 
@@ -402,15 +410,16 @@ class Outbound:
         v = self._w[L.OFF_CREDITS >> 2]
         return v - (1 << 32) if v & 0x8000_0000 else v
 
-    def room_now(self) -> bool:
-        """Whether the send that failed would succeed now (call it under the
-        lock that serialises this connection's sends).
+    def room_now(self, credit: bool = True) -> bool:
+        """Whether the send (or, ``credit=False``, the loan) that failed would
+        succeed now (call it under the lock that serialises this connection's
+        sends).
 
         A waiting sender looks after setting ``TX_WAITING`` and a full fence:
         whatever the receiver frees after the look, it sees the flag and
         wakes us; what it freed before, the look sees.
         """
-        if self.credits() <= 0:
+        if credit and self.credits() <= 0:
             return False
         if self.socket_blocked:
             return self.socket_blocked == SOCKET_FULL and self.socket_writable()
