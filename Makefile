@@ -4,25 +4,43 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
+# The editable install puts the repository on sys.path with a plain .pth
+# line ("compat" mode). setuptools' default mode uses an import hook for a
+# flat layout like ours, which type checkers never run: mypy, run from a
+# user's project, would not find the package (nor its py.typed) at all.
+# tests/test_typing.py checks this. setuptools calls compat "transitional":
+# when it goes, the way out is the src/ layout, which its default mode
+# installs with a plain .pth too.
+INSTALL := $(PY) -m pip install -q --config-settings editable_mode=compat -e
+
 .PHONY: demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,numpy]'
+	$(INSTALL) '.[test,numpy]'
+	touch $@
+
+$(VENV)/.lint-installed: $(VENV)/.installed
+	$(INSTALL) '.[lint]'
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) examples/demo.py
+	$(VENV)/bin/redstone-ipc demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
-# Type and lint checks of the package (CI runs them before the tests).
-lint: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[lint]'
+# Type and lint checks (CI runs them before the tests): the package with
+# mypy and pyflakes, then a user's program (tests/typing/tour.py, every call
+# of the README tour) with `mypy --strict`, run from an empty directory
+# outside the repository, as a user's own project would run it.
+lint: $(VENV)/.lint-installed
 	$(PY) -m mypy redstone_ipc
-	$(PY) -m pyflakes redstone_ipc tests bench examples
+	$(PY) -m pyflakes redstone_ipc tests bench
+	@outside=$$(mktemp -d) && cd "$$outside" && \
+	  "$(CURDIR)/$(PY)" -m mypy --strict --cache-dir "$(CURDIR)/.mypy_cache/outside" \
+	    "$(CURDIR)/tests/typing/tour.py"; status=$$?; rm -rf "$$outside"; exit $$status
 
 # The benchmark suite (redstone-ipc bench): `make bench BENCH_ARGS="--quick --json out.json"`.
 # The other libraries it compares with are optional: one that does not install
@@ -30,9 +48,9 @@ lint: $(VENV)/.installed
 BENCH_ARGS ?=
 BENCH_PEERS := numpy pyzmq posix_ipc faster-fifo iceoryx2 matplotlib
 bench: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[bench,plot]' || for p in $(BENCH_PEERS); do \
+	$(INSTALL) '.[bench,plot]' || for p in $(BENCH_PEERS); do \
 		$(PY) -m pip install -q $$p || echo "bench: $$p did not install; it will be skipped"; done
 	$(PY) -m redstone_ipc.benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

@@ -7,8 +7,10 @@ is the futex).
 """
 
 from .core.object import FdHandle, Handle, HandleTable, HANDLE_TABLE, ObjectType, Rights
+from .core.export import ExportedHandle, adopt_handle
 from .errors import (
     CapacityError,
+    ConnectTimedOut,
     Empty,
     FutexError,
     InvalidAddress,
@@ -43,6 +45,7 @@ from .sched import WaitQueue
 from .sync import Condition, Event, Mutex, Semaphore
 from .transport.loan import Loan
 from .names import Allow, Publication, connect, connect_async, publish
+from . import introspect
 
 __version__ = "0.1.0"
 
@@ -56,8 +59,10 @@ __all__ = [
     "ChannelEndpoint",
     "ChannelPair",
     "Condition",
+    "ConnectTimedOut",
     "Empty",
     "Event",
+    "ExportedHandle",
     "FdHandle",
     "Futex",
     "FutexError",
@@ -103,7 +108,9 @@ __all__ = [
     "TimedOut",
     "WaitQueue",
     "WouldBlock",
+    "adopt_handle",
     "connect",
+    "introspect",
     "connect_async",
     "publish",
 ]

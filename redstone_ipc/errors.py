@@ -35,6 +35,7 @@ __all__ = [
     "TimedOut",
     "NameNotFound",
     "NameInUse",
+    "ConnectTimedOut",
 ]
 
 
@@ -50,15 +51,17 @@ class PortClosed(IpcError):
 
 
 class QueueFull(IpcError, queue.Full):
-    """No room for the message and the send may not wait (``timeout=0``).
+    """No room for the message. A send whose timeout runs out (``0``
+    included) raises its subclass SendTimedOut, also a TimeoutError.
 
     Also a ``queue.Full``, so code written for ``queue.Queue`` keeps working.
     """
 
 
 class Empty(IpcError, queue.Empty):
-    """No message is queued and the receive may not wait (``try_recv``,
-    ``timeout=0``). Also a ``queue.Empty``."""
+    """No message is queued: ``try_recv`` raises it at once. A ``recv`` whose
+    timeout runs out (``0`` included) raises its subclass ReceiveTimedOut,
+    also a TimeoutError. Also a ``queue.Empty``."""
 
 
 class InvalidHandle(IpcError, ValueError):
@@ -131,18 +134,29 @@ class WouldBlock(FutexError, BlockingIOError):
 
 
 class TimedOut(FutexError, TimeoutError):
-    """A wait ran out of time. Every blocking call of redstone-ipc raises a
-    subclass of it (a ``TimeoutError``) when its ``timeout`` runs out."""
+    """A wait ran out of time: a ``TimeoutError``.
+
+    The package's one rule for time: every blocking call takes
+    ``timeout=None`` (wait for ever; the default, in sync and async forms
+    alike) or a number of seconds (0 or less: only try). When the time runs
+    out, ``0`` included, the call raises TimedOut or a subclass that also
+    names what did not happen (ReceiveTimedOut, SendTimedOut,
+    ConnectTimedOut). The exceptions: the calls whose ``threading`` twin
+    returns False (``Mutex.acquire``, ``Semaphore.acquire``, ``Event.wait``,
+    ``Condition.wait``) return False too, and a pipe ``write`` that got some
+    bytes out returns their count.
+    """
 
 
 class ReceiveTimedOut(TimedOut, Empty):
-    """``recv(timeout=...)`` ran out of time: a TimeoutError, and also an
-    Empty (a ``queue.Empty``) for code that treats it as an empty queue."""
+    """``recv(timeout=...)`` ran out of time (``0`` included): a TimeoutError,
+    and also an Empty (a ``queue.Empty``) for code that treats it as an
+    empty queue."""
 
 
 class SendTimedOut(TimedOut, QueueFull):
-    """``send(timeout=...)`` found no room in time: a TimeoutError, and also a
-    QueueFull (a ``queue.Full``)."""
+    """``send(timeout=...)`` found no room in time (``0`` included): a
+    TimeoutError, and also a QueueFull (a ``queue.Full``)."""
 
 
 class OutOfFds(IpcError, OSError):
@@ -166,8 +180,15 @@ class OutOfFds(IpcError, OSError):
 
 
 class NameNotFound(IpcError, FileNotFoundError):
-    """Nobody publishes that name (``connect`` waited its whole timeout)."""
+    """Nobody publishes that name. ``connect`` raises its subclass
+    ConnectTimedOut (also a ``TimeoutError``) when its timeout runs out."""
 
 
 class NameInUse(IpcError, FileExistsError):
     """A live process already publishes that name."""
+
+
+class ConnectTimedOut(TimedOut, NameNotFound):
+    """``connect(name, timeout=...)``: nobody published ``name`` in time
+    (``0`` included). A TimeoutError, and a NameNotFound (a
+    ``FileNotFoundError``), which is what it was before it was both."""

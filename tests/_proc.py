@@ -124,3 +124,30 @@ def wait_futex_sleep(pid: int, address: int, tid: int | None = None, timeout: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"{pid}/{tid or pid} never went to sleep on {address:#x}")
         time.sleep(0.001)
+
+
+
+class LineReader:
+    """Lines a child process writes to a pipe (``Popen(stdout=PIPE).stdout``),
+    each waited for at most a timeout, so that a child that hangs fails the
+    test instead of blocking it."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.fd = stream.fileno()
+        self.buffer = b""
+
+    def line(self, timeout: float = 20.0) -> str:
+        """The next line, without its newline; AssertionError if none came in
+        ``timeout`` seconds, or if the child closed the pipe first."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                raise AssertionError(f"no line from the child in {timeout}s (so far: {self.buffer!r})")
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                raise AssertionError(f"the child closed its output (it exited); so far: {self.buffer!r}")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode()

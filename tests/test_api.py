@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.resources
+import inspect
+import queue
 
 import pytest
 
@@ -20,7 +22,8 @@ PUBLIC = """
     Futex FutexWord WaitQueue Mutex Event Semaphore Condition
     IpcError PortClosed QueueFull Empty InvalidHandle PermissionDenied PeerClosed
     MessageTooLarge ProtocolError ShmError OutOfMemory InvalidAddress NotMapped MappingInUse
-    FutexError WouldBlock TimedOut
+    FutexError WouldBlock TimedOut ReceiveTimedOut SendTimedOut ConnectTimedOut
+    NameNotFound NameInUse
 """.split()
 
 
@@ -52,6 +55,9 @@ def test_all_names_exist():
         (errors.InvalidAddress, (errors.ShmError, errors.FutexError)),
         (errors.WouldBlock, (errors.FutexError, BlockingIOError)),
         (errors.TimedOut, (errors.FutexError, TimeoutError)),
+        (errors.ReceiveTimedOut, (errors.TimedOut, errors.Empty, TimeoutError, queue.Empty)),
+        (errors.SendTimedOut, (errors.TimedOut, errors.QueueFull, TimeoutError, queue.Full)),
+        (errors.ConnectTimedOut, (errors.TimedOut, errors.NameNotFound, TimeoutError, FileNotFoundError)),
     ],
 )
 def test_errors_subclass_our_base_and_the_matching_builtin(error, bases):
@@ -62,3 +68,22 @@ def test_errors_subclass_our_base_and_the_matching_builtin(error, bases):
 
 def test_the_package_is_typed():
     assert importlib.resources.files("redstone_ipc").joinpath("py.typed").is_file()
+
+
+def test_port_is_made_by_a_typed_constructor_with_its_documented_keyword(no_fd_leak):
+    from redstone_ipc import Port, Rights
+
+    assert type(Port) is type, "no metaclass: type checkers see __new__'s signature"
+    params = inspect.signature(Port).parameters
+    assert list(params) == ["capacity"] and params["capacity"].default == 16
+    with Port(capacity=4) as port, Port(3) as positional, Port() as default:
+        assert (port.capacity, positional.capacity, default.capacity) == (4, 3, 16)
+        assert type(port) is Port and port.rights & Rights.RECEIVE
+        send = port.duplicate(Rights.SEND)  # handles made by the table skip __init__
+        assert type(send) is Port and send.rights == Rights.SEND
+        send.close()
+    for bad in (0, 1 << 21, True, 2.0):
+        with pytest.raises(ValueError):
+            Port(capacity=bad)
+    with pytest.raises(TypeError):
+        Port(size=4)  # type: ignore[call-arg]

@@ -29,6 +29,7 @@ import redstone_ipc
 from redstone_ipc import (
     Allow,
     Channel,
+    ConnectTimedOut,
     IpcError,
     Message,
     NameInUse,
@@ -449,8 +450,10 @@ def test_good_names(no_leak, name):
         connect(b"bytes", timeout=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no user"):
         connect(name, timeout=0, owner="no-such-user-here")
-    with pytest.raises(ValueError):
+    with pytest.raises(ConnectTimedOut):  # a negative timeout: look once (the rule for time)
         connect(name, timeout=-1)
+    with pytest.raises(ValueError):
+        connect(name, timeout=float("nan"))
     with SharedMemory.create(4096) as shm, publish(name, shm):
         user = os.environ.get("USER") or __import__("pwd").getpwuid(os.geteuid()).pw_name
         connect(name, timeout=0, owner=user).close()  # a user name works as an owner
@@ -806,17 +809,18 @@ def test_pickling_a_handle_points_to_publish_and_connect():
 
 
 def test_the_readme_names_snippets_run_as_written(child):
+    """server.py and client.py, two programs started in either order (the
+    section's other snippets run in tests/test_docs.py)."""
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
     section = readme.split("### Names: unrelated processes meet")[1].split("\n## ")[0]
-    server_code, client_code, allow_code, async_code = re.findall(r"```python\n(.*?)```", section, re.S)
-    client = child(client_code, prelude=False)  # started first: it waits for the name
-    server = child(server_code, prelude=False)
+    programs = {
+        code.split("\n", 1)[0]: code for code in re.findall(r"```python\n(.*?)```", section, re.S)
+    }
+    client = child(programs["# client.py"], prelude=False)  # started first: it waits for the name
+    server = child(programs["# server.py"], prelude=False)
     assert client.line() == "b'HELLO'"
     assert client.finish() == 0, client.stderr()
     server.proc.send_signal(signal.SIGINT)  # Ctrl-C
     server.finish()
     with pytest.raises(NameNotFound):
         connect("demo/echo", timeout=0)
-    for code in (allow_code, async_code):
-        snippet = child(code, prelude=False)
-        assert snippet.finish() == 0, snippet.stderr()

@@ -1261,10 +1261,45 @@ def test_timeouts_raise_timed_out_and_partial_writes_return_their_count():
     with pytest.raises(TimedOut):
         writer.write(b"y", timeout=0.2)
     assert 0.2 <= time.monotonic() - start < 5
+    with pytest.raises(TimedOut):  # a negative timeout: only try (the rule for time)
+        writer.write(b"y", timeout=-1)
     with pytest.raises(ValueError):
-        reader.read(1, timeout=-1)
+        reader.read(1, timeout=float("nan"))
     reader.close()
     writer.close()
+
+
+def test_async_timeouts_give_the_sync_results(no_fd_leak):
+    """read_async/write_async take ``timeout`` as read/write do: TimedOut when
+    nothing was done in time, the count when some bytes went out."""
+
+    async def main() -> None:
+        reader, writer = Pipe.create()
+        start = time.monotonic()
+        with pytest.raises(TimedOut):
+            await reader.read_async(1, timeout=0.2)
+        assert 0.2 <= time.monotonic() - start < 5
+        with pytest.raises(TimedOut):
+            await reader.read_async(1, timeout=0)
+        written = await writer.write_async(b"x" * 200_000, timeout=0.1)
+        assert 0.97 * writer.capacity <= written <= writer.capacity + PIECE_MAX
+        with pytest.raises(TimedOut):
+            await writer.write_async(b"y", timeout=0.1)  # full: nothing written
+        assert len(await reader.read_async(1 << 20, timeout=1)) > 0
+        # Another task holding the write turn: a bounded write gives up on it.
+        reader2, writer2 = Pipe.create()
+        big = asyncio.create_task(writer2.write_async(b"z" * 500_000))
+        await asyncio.sleep(0.05)  # it holds the turn, waiting for room
+        with pytest.raises(TimedOut, match="busy"):
+            await writer2.write_async(b"w", timeout=0.1)
+        got = 0
+        while got < 500_000:
+            got += len(await reader2.read_async(1 << 20, timeout=5))
+        assert await big == 500_000
+        for end in (reader, writer, reader2, writer2):
+            end.close()
+
+    asyncio.run(main())
 
 
 def test_a_blocked_read_sleeps_in_the_kernel():

@@ -42,7 +42,12 @@ Transactions (``call``)
     Replies are set aside for their caller as they are read, so concurrent
     ``recv`` calls never take them; every other message, including late
     replies to calls that timed out, stays queued for ``recv``. A call
-    raises TimedOut (a TimeoutError) when its timeout runs out.
+    raises a TimeoutError when its timeout runs out.
+
+Serving
+    ``serve(handler)`` (``serve_async`` for asyncio) is the server's loop:
+    receive, call the handler, reply with what it returns, until the peer
+    closes (``serve.py``).
 """
 
 from __future__ import annotations
@@ -51,10 +56,11 @@ import itertools
 import os
 import socket
 from time import monotonic as _now
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from ..core.object import HANDLE_TABLE, ObjectType, Rights
-from ..errors import InvalidHandle, PeerClosed, ProtocolError, TimedOut
+from ..core.timeout import seconds
+from ..errors import InvalidHandle, PeerClosed, ProtocolError, QueueFull, SendTimedOut, TimedOut
 from ..linux import cmsg
 from ..message.message import Message
 from ..port.handle import Mailbox, MailboxHandle
@@ -62,6 +68,8 @@ from ..port.owner import ReceiveSide, new_lock
 from ..port.port import adopt_seqpacket, check_capacity, lock_valid, shut_for_reading
 from ..sched.lock import relocked
 from ..transport import layout as L
+from . import serve as _serve
+from .serve import AsyncHandler, Handler
 
 __all__ = ["Channel", "ChannelPair", "ChannelEndpoint", "ENDPOINT_RIGHTS", "DEFAULT_CAPACITY"]
 
@@ -193,29 +201,40 @@ class ChannelEndpoint(MailboxHandle):
     def call(self, msg: Message, timeout: float | None = None) -> Message:
         """Send ``msg`` as a request and return the reply carrying its txid.
 
-        Needs SEND and RECEIVE. ``timeout`` bounds the whole call: SendTimedOut
-        if the request could not be queued in time, TimedOut if the reply did
-        not come; PeerClosed if the peer went away without replying.
+        Needs SEND and RECEIVE. ``timeout`` (None, the default: for ever)
+        bounds the whole call; when it runs out the call raises a
+        ``TimeoutError``: SendTimedOut if the request could not be queued,
+        TimedOut if the reply did not come. PeerClosed if the peer went away
+        without replying. Messages that are not this call's reply stay
+        queued for ``recv``.
         """
         obj: _EndpointObject = self._require(_CALL)
+        timeout = seconds(timeout)
         inbox = obj.get_inbox()
         txid = _start_call(inbox, msg)
         try:
             deadline = None if timeout is None else _now() + timeout
-            obj.get_outlet().send(msg, 0, timeout, self)
+            try:
+                obj.get_outlet().send(msg, 0, timeout, self)
+            except QueueFull as e:
+                _raise_send_timed_out(e, timeout)
             remaining = None if deadline is None else max(0.0, deadline - _now())
             return inbox.recv(remaining, txid, TimedOut)
         finally:
             _end_call(inbox, txid)
 
     async def call_async(self, msg: Message, timeout: float | None = None) -> Message:
-        """``call`` for asyncio."""
+        """``call`` for asyncio: same ``timeout`` (default None), same exceptions."""
         obj: _EndpointObject = self._require(_CALL)
+        timeout = seconds(timeout)
         inbox = obj.get_inbox()
         txid = _start_call(inbox, msg)
         try:
             deadline = None if timeout is None else _now() + timeout
-            await obj.get_outlet().send_async(msg, 0, timeout, self)
+            try:
+                await obj.get_outlet().send_async(msg, 0, timeout, self)
+            except QueueFull as e:
+                _raise_send_timed_out(e, timeout)
             remaining = None if deadline is None else max(0.0, deadline - _now())
             return await inbox.recv_async(remaining, txid, TimedOut)
         finally:
@@ -223,15 +242,52 @@ class ChannelEndpoint(MailboxHandle):
 
     def reply(self, request: Message, answer: Message, *, timeout: float | None = None) -> None:
         """Send ``answer`` as the reply to ``request`` (a received ``call``):
-        it carries the request's txid, so the caller's ``call`` returns it."""
+        it carries the request's txid, so the caller's ``call`` returns it.
+
+        ``send``'s waiting rules: ``timeout`` None (the default) waits for
+        room for ever; SendTimedOut when it runs out.
+        """
         answer.txid = request.txid
         self.send(answer, timeout=timeout)
 
     async def reply_async(self, request: Message, answer: Message, *,
                           timeout: float | None = None) -> None:
-        """``reply`` for asyncio."""
+        """``reply`` for asyncio: same ``timeout`` (default None), same exceptions."""
         answer.txid = request.txid
         await self.send_async(answer, timeout=timeout)
+
+    # -- serving --------------------------------------------------------------------
+
+    def serve(self, handler: Handler) -> None:
+        """Answer requests until the peer closes: the loop of a channel server.
+
+        ``handler(request)`` is called for each message received, one at a
+        time; a Message it returns is sent back as the reply (so the peer's
+        ``call`` returns it), None sends nothing. Each request is closed
+        after its handler: ``request.take(kind)`` the handles to keep.
+        Returns when the peer is gone (after serving what it queued) or when
+        this endpoint is closed in this process (from another thread: how a
+        server is stopped); an exception from ``handler`` ends the loop and
+        propagates. ``redstone_ipc/channel/serve.py`` has the details.
+
+        >>> server.serve(lambda request: Message(2, bytes(request).upper()))
+        """
+        _serve.serve(self, handler)
+
+    async def serve_async(self, handler: AsyncHandler) -> None:
+        """:meth:`serve` for asyncio: ``handler`` may be a coroutine function.
+
+        One request at a time; cancel the task (or close the endpoint) to
+        stop it.
+        """
+        await _serve.serve_async(self, handler)
+
+
+def _raise_send_timed_out(e: QueueFull, timeout: float | None) -> NoReturn:
+    """A call's request found no room: SendTimedOut, at ``timeout=0`` too."""
+    if timeout != 0 or e.__class__ is not QueueFull:
+        raise e
+    raise SendTimedOut(f"{e} (timeout=0)") from None
 
 
 def _start_call(inbox: object, msg: Message) -> int:

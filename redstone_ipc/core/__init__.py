@@ -1,5 +1,6 @@
 """Handles, rights and kernel objects (the seed's ``crate::core::object``)."""
 
+from .export import ExportedHandle, adopt_handle, export_handle
 from .object import (
     HANDLE_TABLE,
     FdHandle,
@@ -13,6 +14,9 @@ from .object import (
 
 __all__ = [
     "HANDLE_TABLE",
+    "ExportedHandle",
+    "adopt_handle",
+    "export_handle",
     "FdHandle",
     "FdObject",
     "Handle",

@@ -30,9 +30,12 @@ import os
 import threading
 import weakref
 from multiprocessing import reduction
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ..errors import InvalidHandle, PermissionDenied, ProtocolError
+
+if TYPE_CHECKING:
+    from .export import ExportedHandle
 
 __all__ = [
     "Rights",
@@ -352,6 +355,24 @@ class Handle:
         """The transport sent this handle away: it is gone from this process."""
         self.close()
 
+    def export(self) -> ExportedHandle:
+        """Move this handle out of Python as raw parts: for a process in
+        another language (or one started without multiprocessing).
+
+        Returns an :class:`~redstone_ipc.core.export.ExportedHandle`: the
+        object ``type``, the ``rights``, the ``extra`` word and duplicated
+        ``fds`` that the caller owns (hand them over, e.g. with
+        ``subprocess.Popen(pass_fds=exported.fds)``, then ``close()``
+        them). Needs TRANSFER. Like a successful send, it invalidates this
+        handle (export a ``duplicate()`` to keep one); on error the handle
+        is untouched. Which fd is which, per type, and what a peer does with
+        them: ``docs/wire-format.md``. ``redstone_ipc.adopt_handle`` (or
+        ``exported.adopt()``) turns such parts back into a handle.
+        """
+        from .export import export_handle
+
+        return export_handle(self)
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # multiprocessing pickles with ForkingPickler, whose dispatch table is
@@ -411,17 +432,9 @@ def _reduce_for_multiprocessing(handle: Handle) -> tuple[Any, tuple[Any, ...]]:
 
 def _rebuild_handle(obj_type: int, rights: int, extra: int, dup_fds: list[Any]) -> Handle:
     """Unpickle a handle (see ``_reduce_for_multiprocessing``), validating what arrived."""
-    fds = [d.detach() for d in dup_fds]
-    try:
-        cls = KernelObject.class_for(obj_type)
-        if rights & ~cls.ALLOWED_RIGHTS:
-            raise ProtocolError(f"rights {rights:#x} are not allowed for a {cls.TYPE.name} handle")
-        obj = cls.from_transfer(fds, Rights(rights), extra)
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return HANDLE_TABLE.insert(obj, Rights(rights))
+    from .export import adopt_handle
+
+    return adopt_handle(obj_type, rights, extra, [d.detach() for d in dup_fds])
 
 
 def _rights_repr(rights: Rights) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple, Union
+from typing import ClassVar, NamedTuple, TypeVar, Union
 
 from ..core.object import Handle, Rights
 from ..errors import MessageTooLarge, ProtocolError
@@ -44,6 +44,7 @@ COPY_LIMIT = 64 * 1024
 """Received payloads up to this size are copied out of shared memory; larger
 ones (and loans) are zero-copy views of the sender's pages."""
 
+_H = TypeVar("_H", bound=Handle)
 _HEADER = struct.Struct("<4I")
 _U32_MAX = 0xFFFF_FFFF
 _EMPTY = memoryview(b"")
@@ -85,9 +86,17 @@ class Sender(NamedTuple):
 class Message:
     """An IPC message: a type, a payload, handles.
 
+    ``Message(msg_type, payload)`` (or ``Message.with_data``) makes one;
+    ``attach_handle`` adds handles, which move to the receiver when it is
+    sent. ``msg.payload`` is always a ``memoryview`` of bytes (read-only on
+    a received message) and ``bytes(msg)`` its bytes. On a received
+    message, ``msg.take(Port)`` (``handle`` to look without detaching) gives
+    an attached handle with its real type; ``msg.handles`` is the plain list.
+
     Received messages also carry ``sender`` (kernel-checked credentials of
     the sending process), ``priority`` and ``txid`` (non-zero for requests
-    made with ``ChannelEndpoint.call`` and their replies).
+    made with ``ChannelEndpoint.call`` and their replies). A message is a
+    context manager: leaving ``with msg:`` closes it (:meth:`close`).
     """
 
     __slots__ = ("msg_type", "_payload", "handles", "txid", "priority", "sender")
@@ -180,7 +189,41 @@ class Message:
         handle._require(Rights.TRANSFER)
         if any(h is handle for h in self.handles):
             raise ValueError(f"handle {handle.value:#x} is already attached")
+        if self.handles.__class__ is not list:  # a received message's shared empty tuple
+            self.handles = list(self.handles)
         self.handles.append(handle)
+
+    def handle(self, kind: type[_H], index: int = 0) -> _H:
+        """The attached handle at ``index``, as a ``kind`` (``Port``,
+        ``SharedMemory``, ...): typed for type checkers, checked at run time.
+
+        It stays attached: ``msg.close()`` (or leaving ``with msg:``) closes
+        it, and sending ``msg`` on moves it. To keep it, :meth:`take` it.
+        TypeError if it is another kind of handle (the message is left as it
+        was), IndexError if there is no handle ``index``.
+        """
+        return _checked(self.handles, kind, index)
+
+    def take(self, kind: type[_H], index: int = 0) -> _H:
+        """Detach the handle at ``index`` and return it, as a ``kind``.
+
+        The usual way to use the handles a message brought::
+
+            with port.recv() as request:
+                reply_to = request.take(ChannelEndpoint)   # yours now
+                frames = request.take(SharedMemory)        # the next one
+            ...                                            # both outlive the message
+
+        ``list.pop`` style: the handles after it move down one place, so
+        calls with the default ``index=0`` take them in the order they were
+        attached. The message no longer holds it: closing the message leaves
+        it open, closing it is yours. TypeError if it is another kind of
+        handle (it stays attached, and closes with the message), IndexError
+        if there is no handle ``index``.
+        """
+        handle = _checked(self.handles, kind, index)
+        del self.handles[index]
+        return handle
 
     def close(self) -> None:
         """Close every attached handle and drop the payload.
@@ -213,6 +256,25 @@ class Message:
 
 
 _new = object.__new__
+
+
+def _checked(handles: list[Handle], kind: type[_H], index: int) -> _H:
+    """``handles[index]`` if it is a ``kind``; else TypeError, or IndexError."""
+    if not (isinstance(kind, type) and issubclass(kind, Handle)):
+        raise TypeError(f"kind is a handle class (Port, SharedMemory, ...), not {kind!r}")
+    try:
+        handle = handles[index]
+    except IndexError:
+        count = len(handles)
+        raise IndexError(
+            f"the message carries {count} handle{'' if count == 1 else 's'}: "
+            f"there is no handle {index}"
+        ) from None
+    if not isinstance(handle, kind):
+        raise TypeError(
+            f"handle {index} of the message is a {type(handle).__name__}, not a {kind.__name__}"
+        )
+    return handle
 
 
 def payload_size(data: object) -> int:

@@ -12,14 +12,14 @@ a new publisher within 50 ms.
 from __future__ import annotations
 
 import asyncio
-import math
 import socket
 import time
 from collections.abc import Iterator
 from typing import Any, TypeVar, overload
 
 from ..core.object import Handle
-from ..errors import NameNotFound, TimedOut
+from ..core.timeout import seconds
+from ..errors import ConnectTimedOut, TimedOut
 from ..message.wire import recv_message
 from . import protocol
 from .address import address, owner_uid
@@ -55,8 +55,9 @@ def connect(
 
     ``timeout``: how long to wait for the name to be published. ``None``
     (the default) waits as long as it takes, so a client may start before
-    its server; ``0`` looks once. Raises NameNotFound (also a
-    FileNotFoundError) when the time is up, PermissionDenied if the
+    its server; ``0`` looks once. Raises ConnectTimedOut when the time is
+    up (a ``TimeoutError``, and a NameNotFound: a ``FileNotFoundError``),
+    PermissionDenied if the
     publisher's ``allow=`` refuses this process (with its reason) or if a
     process of another uid holds the name, and TimedOut if a publisher was
     found but did not answer in time (at least 1 s, ``ANSWER_GRACE``).
@@ -126,11 +127,7 @@ def _prepare(
     """Check the arguments: (address, owner uid, deadline or None)."""
     if kind is not None and not (isinstance(kind, type) and issubclass(kind, Handle)):
         raise TypeError(f"kind is a handle class (Port, SharedMemory, ...), not {kind!r}")
-    if timeout is not None:
-        if not timeout >= 0:  # also refuses NaN
-            raise ValueError(f"timeout is None or a number of seconds >= 0, not {timeout}")
-        if math.isinf(timeout):
-            timeout = None
+    timeout = seconds(timeout)
     uid = owner_uid(owner)
     addr = address(name, uid)
     return addr, uid, None if timeout is None else time.monotonic() + timeout
@@ -167,14 +164,14 @@ def _delays() -> Iterator[float]:
 def _next_delay(
     delays: Iterator[float], deadline: float | None, name: str, uid: int, timeout: float | None
 ) -> float:
-    """How long to sleep before the next attempt; NameNotFound if time is up."""
+    """How long to sleep before the next attempt; ConnectTimedOut if time is up."""
     delay = next(delays)
     if deadline is None:
         return delay
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        waited = f" within {timeout:g} s" if timeout else ""
-        raise NameNotFound(
+        waited = f" within {timeout:g} s" if timeout and timeout > 0 else ""
+        raise ConnectTimedOut(
             f"nobody publishes {name!r}{waited} (names of uid {uid}; "
             "another user's names need connect(..., owner=uid))"
         )

@@ -11,6 +11,12 @@ format v1, ``docs/wire-format.md``), then closes the connection:
 * ``FAILED``: no handle, the reason as UTF-8 text: the publisher could not
   hand its handle out (the client raises IpcError).
 
+A client whose socket is bound to an address starting with ``QUERY_PREFIX``
+asks for the publication's status instead of its handle (``status.py``):
+the publisher sees that address in ``accept``, before anything is sent, and
+answers ``STATUS`` (a JSON object, UTF-8, no handle) to processes of its own
+uid, ``REFUSED`` to others.
+
 Before reading the answer, the client checks with ``SO_PEERCRED`` that the
 listening process runs as the uid whose namespace the name is in: anyone
 can bind any abstract address, so this is what keeps another user from
@@ -27,11 +33,19 @@ from ..message import Message
 from ..message.wire import send_message
 from .credentials import PeerCredentials, peer_credentials
 
-__all__ = ["GRANTED", "REFUSED", "FAILED", "grant", "refuse", "fail", "check_publisher", "read_answer"]
+__all__ = [
+    "GRANTED", "REFUSED", "FAILED", "STATUS", "QUERY_PREFIX",
+    "grant", "refuse", "fail", "answer_status", "is_query", "check_publisher", "read_answer",
+]
 
 GRANTED = 1
 REFUSED = 2
 FAILED = 3
+STATUS = 4
+
+QUERY_PREFIX = b"\0redstone-ipc-query/"
+"""A client bound to an abstract address starting with this asks for the
+status, not the handle (``\0redstone-ipc-query/<pid>/<random hex>``)."""
 
 _MAX_REASON = 1000  # characters of a reason shown to the user
 # A client that went away must not kill the publisher with SIGPIPE.
@@ -56,6 +70,16 @@ def refuse(sock: socket.socket, reason: str) -> None:
 def fail(sock: socket.socket, reason: str) -> None:
     """Tell the client the publisher could not hand its handle out."""
     send_message(sock, Message(FAILED, reason.encode()), flags=_NOSIGNAL)
+
+
+def answer_status(sock: socket.socket, status: bytes) -> None:
+    """Send the publication's status (JSON, UTF-8) to a query."""
+    send_message(sock, Message(STATUS, status), flags=_NOSIGNAL)
+
+
+def is_query(peer_address: object) -> bool:
+    """Whether the address ``accept`` returned for a client marks a status query."""
+    return isinstance(peer_address, bytes) and peer_address.startswith(QUERY_PREFIX)
 
 
 def check_publisher(sock: socket.socket, name: str, owner: int) -> PeerCredentials:

@@ -23,6 +23,7 @@ anyway; see the end of this module).
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import select
@@ -30,7 +31,9 @@ import socket
 import threading
 import time
 import weakref
+from typing import Any
 
+from .. import introspect
 from ..core.object import Handle, ObjectType, Rights
 from ..errors import NameInUse, PermissionDenied
 from . import protocol
@@ -207,7 +210,7 @@ class Publication:
         """Answer every connection waiting in the backlog."""
         while not self._closed:
             try:
-                conn, _ = listener.accept()
+                conn, peer_address = listener.accept()
             except BlockingIOError:
                 return
             except OSError as e:
@@ -222,7 +225,10 @@ class Publication:
                 return
             with conn:
                 try:
-                    self._answer(conn)
+                    if protocol.is_query(peer_address):
+                        self._answer_query(conn)
+                    else:
+                        self._answer(conn)
                 except Exception:  # one client's trouble never stops the others
                     log.exception("%s: failed to answer a connection", self.name)
 
@@ -252,6 +258,44 @@ class Publication:
             log.debug("%s: sent a handle to pid %d (uid %d, gid %d)", self.name, *peer)
         except (BrokenPipeError, ConnectionResetError, BlockingIOError) as e:
             log.debug("%s: the client went away before its answer (%s)", self.name, e)
+
+
+    def _answer_query(self, conn: socket.socket) -> None:
+        """Tell a status query (``status.py``) what is published and what this
+        process holds: to processes of this uid only."""
+        conn.setblocking(False)
+        try:
+            peer = peer_credentials(conn)
+            if peer.uid != self.owner:
+                reason = (
+                    f"pid {peer.pid} (uid {peer.uid}, gid {peer.gid}) may not query: a "
+                    "publication answers status queries from its own uid only"
+                )
+                log.info("%s: refused a status query: %s", self.name, reason)
+                protocol.refuse(conn, reason)
+                return
+            protocol.answer_status(conn, json.dumps(self.status()).encode())
+        except (BrokenPipeError, ConnectionResetError, BlockingIOError) as e:
+            log.debug("%s: the querying client went away (%s)", self.name, e)
+
+    def status(self) -> dict[str, Any]:
+        """What a status query is told (see ``redstone_ipc.names.status``):
+        the name, this process, the published object (``introspect.describe``,
+        with the rights clients get) and every object this process holds
+        (``introspect.objects``)."""
+        with self._lock:
+            handle = None if self._closed else self._handle
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "uid": self.owner,
+            "kind": introspect.kind_name(self._type),
+            "rights": introspect.rights_text(self._handle.rights),
+            "granted": self.granted,
+            "refused": self.refused,
+            "object": introspect.describe(handle) if handle is not None else None,
+            "objects": introspect.objects(),
+        }
 
 
 def _published_duplicate(handle: Handle) -> Handle:

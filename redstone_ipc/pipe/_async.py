@@ -2,15 +2,20 @@
 
 Tasks wait with ``loop.add_reader``/``add_writer``: no thread per wait. The
 end's eventfd (readable once it is closing) is registered beside its socket,
-so closing the handle wakes every task too.
+so closing the handle wakes every task too. A deadline bounds each wait
+with ``asyncio.wait_for``, so the async forms keep the sync ones' results:
+TimedOut when nothing was done in time, the count when some was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from ..errors import TimedOut
 from ._io import READ_CAP, recv, send_some
 from ._turn import resolve
 
@@ -97,8 +102,11 @@ async def _wait(obj: _PipeEndObject, fd: int, writable: bool) -> None:
     obj._check_open()
 
 
-async def read_async(obj: _PipeEndObject, n: int) -> bytes:
-    """Up to ``n`` bytes once at least one is there; ``b''`` at end of stream."""
+async def read_async(obj: _PipeEndObject, n: int, deadline: float | None, timeout: float | None) -> bytes:
+    """Up to ``n`` bytes once at least one is there; ``b''`` at end of stream.
+
+    TimedOut if nothing arrived before ``deadline`` (monotonic; None: never).
+    """
     n = min(n, READ_CAP)
     fd = obj._enter()
     try:
@@ -107,26 +115,52 @@ async def read_async(obj: _PipeEndObject, n: int) -> bytes:
                 return recv(obj.sock, n)
             except BlockingIOError:
                 pass
-            await _wait(obj, fd, writable=False)
+            if not await _within(_wait(obj, fd, writable=False), deadline):
+                raise TimedOut(f"no bytes arrived within {timeout}s")
     finally:
         obj._leave()
 
 
-async def write_async(obj: _PipeWriterObject, view: memoryview) -> int:
-    """All of ``view``, awaiting room; its length. PeerClosed if every reader is gone."""
+async def write_async(obj: _PipeWriterObject, view: memoryview, deadline: float | None,
+                      timeout: float | None) -> int:
+    """All of ``view``, awaiting room; its length. PeerClosed if every reader is gone.
+
+    Unless ``deadline`` passes: then the count written, or TimedOut if none
+    (as the sync ``write``).
+    """
     total = view.nbytes
     fd = obj._enter()
     try:
-        await obj._turn.acquire_async()
+        turn = obj._turn
+        if not turn.try_acquire() and not await _within(turn.acquire_async(), deadline):
+            raise TimedOut(f"another write kept this pipe end busy for {timeout}s")
         written = 0
         try:
             obj._check_open()
             while written < total:
                 written += send_some(obj.sock, view, written)
-                if written < total:
-                    await _wait(obj, fd, writable=True)
+                if written < total and not await _within(_wait(obj, fd, writable=True), deadline):
+                    if written:
+                        return written
+                    raise TimedOut(f"the pipe stayed full for {timeout}s")
             return written
         finally:
-            obj._turn.release()
+            turn.release()
     finally:
         obj._leave()
+
+
+async def _within(waiting: Coroutine[Any, Any, None], deadline: float | None) -> bool:
+    """Await ``waiting``; False (and ``waiting`` cancelled) if ``deadline`` passes first."""
+    if deadline is None:
+        await waiting
+        return True
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        waiting.close()  # never started: nothing to undo
+        return False
+    try:
+        await asyncio.wait_for(waiting, remaining)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
+        return False
+    return True

@@ -5,17 +5,22 @@ from __future__ import annotations
 import math
 import time
 
+from ..core.timeout import seconds
+
 __all__ = ["deadline", "poll_ms"]
 
 _POLL_MS_MAX = 2**31 - 1  # poll(2) takes a C int of milliseconds
 
 
 def deadline(timeout: float | None) -> float | None:
-    """The monotonic instant a wait must end (None: never)."""
+    """The monotonic instant a wait must end (None: never).
+
+    The package's rule for ``timeout`` (``core/timeout.py``): None or
+    infinity for ever, 0 or less only tries, NaN is a ValueError.
+    """
+    timeout = seconds(timeout)
     if timeout is None:
         return None
-    if not timeout >= 0:  # also rejects NaN
-        raise ValueError(f"timeout must be None or >= 0 seconds, not {timeout}")
     return time.monotonic() + timeout
 
 

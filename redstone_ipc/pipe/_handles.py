@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..core.object import Handle, Rights
 from . import _async, _io, _splice
+from ._deadline import deadline as _deadline
 from ._end import _PipeEndObject, _PipeReaderObject, _PipeWriterObject
 from ._io import Buffer, byte_view
 from ._kernel import capacity_of
@@ -37,44 +38,55 @@ class _PipeEnd(Handle):
         """Up to ``n`` bytes, as soon as at least one is there; ``b''`` at end of stream.
 
         Needs READ. End of stream: the pipe is empty and every writer, in
-        every process, is gone. TimedOut if no byte arrived within ``timeout``.
+        every process, is gone. ``timeout``: None (the default) waits for
+        ever, a number of seconds at most that long, 0 only looks; TimedOut
+        (a ``TimeoutError``) if no byte arrived in time.
         """
         return _io.read(self._check(_READ), n, timeout)
 
     def readinto(self, buffer: Buffer, timeout: float | None = None) -> int:
         """Read into ``buffer`` (no intermediate copy); the count, 0 at end of stream.
 
-        Needs READ. Same waiting rules as :meth:`read`.
+        Needs READ. Same ``timeout`` (default None: for ever) and results as
+        :meth:`read`.
         """
         return _io.readinto(self._check(_READ), buffer, timeout)
 
-    async def read_async(self, n: int) -> bytes:
-        """:meth:`read` for asyncio: awaits readability in the running loop."""
+    async def read_async(self, n: int, timeout: float | None = None) -> bytes:
+        """:meth:`read` for asyncio: awaits readability in the running loop.
+
+        Same ``timeout`` (default None: for ever) and results as :meth:`read`.
+        """
         obj = self._check(_READ)
         if n < 0:
             raise ValueError(f"cannot read {n} bytes")
-        return await _async.read_async(obj, n)
+        return await _async.read_async(obj, n, _deadline(timeout), timeout)
 
     # -- writing (needs WRITE) ------------------------------------------------------
 
     def write(self, data: Buffer, timeout: float | None = None) -> int:
         """Write all of ``data`` and return its length, unless time runs out.
 
-        Needs WRITE. With a ``timeout`` (0 included: write what fits now),
-        returns the bytes written so far if there are any, else raises
-        TimedOut. PeerClosed once every reader is gone (the exception's
+        Needs WRITE. ``timeout``: None (the default) waits for room for
+        ever; when a number of seconds runs out (0 included: write what fits
+        now), returns the bytes written so far if there are any, else raises
+        TimedOut (a ``TimeoutError``). PeerClosed once every reader is gone (the exception's
         ``written`` attribute tells how many bytes this call had already
         written, bytes no one will read). Never raises SIGPIPE.
         """
         return _io.write(self._check_write(), data, timeout)
 
-    async def write_async(self, data: Buffer) -> int:
+    async def write_async(self, data: Buffer, timeout: float | None = None) -> int:
         """:meth:`write` for asyncio: writes everything, awaiting room; returns the length.
 
-        Cancelling it may leave part of ``data`` written.
+        Same ``timeout`` (default None: for ever) and results as
+        :meth:`write`: when it runs out, the bytes written so far, or
+        TimedOut if there are none. Cancelling it may leave part of ``data``
+        written (the count is lost with the task): bound it with
+        ``timeout`` rather than ``asyncio.wait_for`` when the count matters.
         """
         obj = self._check_write()
-        return await _async.write_async(obj, byte_view(data))
+        return await _async.write_async(obj, byte_view(data), _deadline(timeout), timeout)
 
     # -- zero-copy moves -----------------------------------------------------------
 
@@ -91,7 +103,9 @@ class _PipeEnd(Handle):
         reads a file or memfd at that position, leaving its file position
         alone; ``None`` reads at (and advances) the file position — the only
         choice for sockets and pipes. Returns 0 when ``source`` is at its end.
-        Waits until both sides are ready; PeerClosed if every reader is gone.
+        Waits until both sides are ready, as long as ``timeout`` allows (None,
+        the default: for ever; TimedOut when it runs out, 0 included);
+        PeerClosed if every reader is gone.
         """
         return _splice.splice_from(self._check_write(), source, count, offset, timeout)
 
@@ -106,8 +120,10 @@ class _PipeEnd(Handle):
 
         Needs READ (and WRITE on ``destination`` if it is a handle).
         ``offset`` writes a file or memfd at that position. Returns 0 at the
-        pipe's end of stream. Waits until both sides are ready. A destination
-        whose own reader or peer is gone raises BrokenPipeError, never SIGPIPE.
+        pipe's end of stream. Waits until both sides are ready, as long as
+        ``timeout`` allows (None, the default: for ever; TimedOut when it runs
+        out, 0 included). A destination whose own reader or peer is gone
+        raises BrokenPipeError, never SIGPIPE.
         """
         return _splice.splice_to(self._check(_READ), destination, count, offset, timeout)
 

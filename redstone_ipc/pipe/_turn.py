@@ -41,6 +41,10 @@ class Turn:
         remaining = deadline - time.monotonic()
         return remaining > 0 and self._lock.acquire(timeout=remaining)
 
+    def try_acquire(self) -> bool:
+        """Take the turn if it is free, without waiting."""
+        return self._lock.acquire(blocking=False)
+
     async def acquire_async(self) -> None:
         """Take the turn from a task; cancellable while it waits."""
         loop = asyncio.get_running_loop()

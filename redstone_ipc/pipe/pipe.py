@@ -60,8 +60,9 @@ what it wrote so far).
 
 Blocking and timeouts
 ---------------------
-Every operation takes ``timeout``: ``None`` waits as long as it takes,
-``0`` never waits, a number of seconds bounds the wait. Waiting is ``poll(2)``:
+Every operation, async ones included, takes ``timeout``: ``None`` (the
+default) waits as long as it takes, ``0`` (or less) never waits, a number
+of seconds bounds the wait (the package's rule: ``core/timeout.py``). Waiting is ``poll(2)``:
 the thread sleeps in the kernel, it never spins. When nothing could be done
 in time the call raises :class:`~redstone_ipc.errors.TimedOut`; a ``write``
 that got *some* bytes out before the deadline returns that count instead, so
@@ -80,8 +81,11 @@ processes, as the kernel's pipe does.
 asyncio
 -------
 ``await reader.read_async(n)`` and ``await writer.write_async(data)`` wait
-with ``loop.add_reader``/``add_writer``: no thread per wait. Bound them with
-``asyncio.wait_for`` or ``asyncio.timeout``. While such a call waits, do not
+with ``loop.add_reader``/``add_writer``: no thread per wait. They take the
+same ``timeout`` as ``read`` and ``write``, with the same results (a
+``write_async`` that runs out of time returns the count written so far);
+``asyncio.wait_for`` works too, but cancels without telling how many bytes
+went out. While such a call waits, do not
 register the same fd with the loop yourself (asyncio allows one callback per
 fd).
 

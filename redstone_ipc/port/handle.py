@@ -8,12 +8,14 @@ and ``ChannelEndpoint`` add what differs — ids, status, closing, calls —
 and say which error "the other side is gone" raises: PortClosed for a port
 (its receiver closed it or died), PeerClosed for a channel.
 
-Time, the same rule everywhere (the standard library's): ``timeout=None``
-waits as long as it takes, a number of seconds bounds the wait, ``0`` does
-not wait. A send that finds no room raises QueueFull (a ``queue.Full``) at
-``timeout=0`` and SendTimedOut (a ``TimeoutError`` and a QueueFull) when
-its timeout runs out; a receive raises Empty (a ``queue.Empty``) at
-``timeout=0`` and ReceiveTimedOut (a ``TimeoutError`` and an Empty).
+Time, the package's one rule (``core/timeout.py``): ``timeout=None`` waits
+as long as it takes, a number of seconds bounds the wait, ``0`` (or less)
+only tries. When the time runs out, ``0`` included, a send raises
+SendTimedOut (a ``TimeoutError``, and a QueueFull: a ``queue.Full``) and a
+receive ReceiveTimedOut (a ``TimeoutError``, and an Empty: a
+``queue.Empty``). ``try_recv()`` is the one call that raises a plain Empty,
+as ``queue.Queue.get_nowait`` does. The async forms take the same argument,
+with the same default, and raise the same exceptions.
 
 Hot path: ``send`` and ``recv`` test the right with plain int arithmetic
 (``_has``) and fall back to ``Handle._require`` only to raise; IntFlag's
@@ -26,7 +28,8 @@ import threading
 from typing import Any, ClassVar
 
 from ..core.object import Handle, KernelObject, Rights
-from ..errors import InvalidHandle, IpcError
+from ..core.timeout import seconds
+from ..errors import Empty, InvalidHandle, IpcError, QueueFull, ReceiveTimedOut, SendTimedOut
 from ..message.message import Message
 from ..transport.loan import Loan
 from .inbox import Inbox
@@ -118,11 +121,12 @@ class MailboxHandle(Handle):
     def send(self, msg: Message, *, priority: int = 0, timeout: float | None = None) -> None:
         """Queue ``msg`` with ``priority`` (an i32; higher is received first).
 
-        Waits for room as long as ``timeout`` allows (None: no limit; 0: not
-        at all): QueueFull at ``timeout=0``, SendTimedOut when it runs out.
-        PortClosed / PeerClosed if the other side is gone. On success the
-        message's handles have moved to the receiver; on any error they are
-        all still valid here.
+        Waits for room as long as ``timeout`` allows: None (the default) for
+        ever, a number of seconds at most, 0 not at all. When the time runs
+        out (0 included), SendTimedOut: a ``TimeoutError``, and a QueueFull
+        (a ``queue.Full``). PortClosed / PeerClosed if the other side is
+        gone. On success the message's handles have moved to the receiver;
+        on any error they are all still valid here.
         """
         obj: Any = self._object
         if obj is None or not _has(self._rights, _SEND):
@@ -130,27 +134,64 @@ class MailboxHandle(Handle):
         if msg.handles:
             _refuse_self_transfer(obj, msg)
         outlet = obj.outlet or obj.get_outlet()
-        outlet.send(msg, priority, timeout, self)
+        if timeout is None:
+            outlet.send(msg, priority, None, self)
+            return
+        timeout = seconds(timeout)
+        try:
+            outlet.send(msg, priority, timeout, self)
+        except QueueFull as e:
+            if timeout != 0 or e.__class__ is not QueueFull:
+                raise
+            raise _send_timed_out(e) from None
 
     async def send_async(self, msg: Message, *, priority: int = 0,
                          timeout: float | None = None) -> None:
-        """``send`` for asyncio: waits for room in the event loop, no thread."""
+        """``send`` for asyncio: waits for room in the event loop, no thread.
+
+        Same ``timeout`` (default None: for ever), same exceptions.
+        """
         obj: Mailbox = self._require(Rights.SEND)
         if msg.handles:
             _refuse_self_transfer(obj, msg)
-        await obj.get_outlet().send_async(msg, priority, timeout, self)
+        timeout = seconds(timeout)
+        try:
+            await obj.get_outlet().send_async(msg, priority, timeout, self)
+        except QueueFull as e:
+            if timeout != 0 or e.__class__ is not QueueFull:
+                raise
+            raise _send_timed_out(e) from None
 
-    def loan(self, size: int) -> Loan:
+    def loan(self, size: int, *, timeout: float | None = None) -> Loan:
         """``size`` writable bytes of shared memory to build a payload in, then
         send with ``Message(msg_type, loan)``: the receiver reads these very
-        pages (zero copy). See :class:`~redstone_ipc.transport.loan.Loan`."""
+        pages (zero copy). See :class:`~redstone_ipc.transport.loan.Loan`.
+
+        A loan takes room in this sender's data segments (not a place in the
+        queue: the send takes that). While they are full of payloads the
+        receiver keeps, it waits as ``send`` does: ``timeout`` None (the
+        default) for ever, seconds at most, 0 not at all; then SendTimedOut.
+        """
         obj: Mailbox = self._require(Rights.SEND)
-        return obj.get_outlet().loan(size)
+        outlet = obj.get_outlet()
+        if timeout is None:
+            return outlet.loan(size, None, self)
+        timeout = seconds(timeout)
+        try:
+            return outlet.loan(size, timeout, self)
+        except QueueFull as e:
+            if timeout != 0 or e.__class__ is not QueueFull:
+                raise
+            raise _send_timed_out(e) from None
 
     # -- receiving (needs RECEIVE) -------------------------------------------
 
     def try_recv(self) -> Message:
-        """The next message (highest priority, then oldest), or Empty at once."""
+        """The next message (highest priority, then oldest), or Empty at once.
+
+        ``queue.Queue.get_nowait``'s twin: the plain Empty says "nothing
+        queued" without the TimeoutError that ``recv(timeout=0)`` raises.
+        """
         obj: Any = self._object
         if obj is None or not _has(self._rights, _RECEIVE):
             obj = self._require(Rights.RECEIVE)
@@ -158,23 +199,54 @@ class MailboxHandle(Handle):
         return (inbox or obj.get_inbox()).try_recv()
 
     def recv(self, timeout: float | None = None) -> Message:
-        """The next message, sleeping until one comes.
+        """The next message (highest priority, then oldest), sleeping until one comes.
 
-        ``timeout``: None waits for ever, 0 is ``try_recv``; when it runs out,
-        ReceiveTimedOut (a TimeoutError, and an Empty). ``msg.sender`` names
-        the sending process, as the kernel saw it.
+        ``timeout``: None (the default) waits for ever, a number of seconds
+        at most that long, 0 does not wait. When the time runs out (0
+        included), ReceiveTimedOut: a ``TimeoutError``, and an Empty (a
+        ``queue.Empty``). ``msg.sender`` names the sending process, as the
+        kernel saw it.
         """
         obj: Any = self._object
         if obj is None or not _has(self._rights, _RECEIVE):
             obj = self._require(Rights.RECEIVE)
         receive = obj.receive
         inbox = receive.inbox if receive is not None else None
+        if timeout is not None:
+            timeout = seconds(timeout)
+            if timeout == 0:
+                try:
+                    return (inbox or obj.get_inbox()).recv(0)
+                except Empty as e:
+                    if e.__class__ is not Empty:
+                        raise
+                    raise _receive_timed_out(e) from None
         return (inbox or obj.get_inbox()).recv(timeout)
 
     async def recv_async(self, timeout: float | None = None) -> Message:
-        """``recv`` for asyncio: the event loop watches the connections, no thread."""
+        """``recv`` for asyncio: the event loop watches the connections, no thread.
+
+        Same ``timeout`` (default None: for ever), same exceptions.
+        """
         obj: Mailbox = self._require(Rights.RECEIVE)
-        return await obj.get_inbox().recv_async(timeout)
+        timeout = seconds(timeout)
+        try:
+            return await obj.get_inbox().recv_async(timeout)
+        except Empty as e:
+            if timeout != 0 or e.__class__ is not Empty:
+                raise
+            raise _receive_timed_out(e) from None
+
+
+def _receive_timed_out(e: Empty) -> ReceiveTimedOut:
+    """What a receive raises at ``timeout=0`` (the inbox says Empty there,
+    as ``try_recv`` does): a TimeoutError like any other that runs out."""
+    return ReceiveTimedOut(f"{e} (timeout=0)")
+
+
+def _send_timed_out(e: QueueFull) -> SendTimedOut:
+    """What a send raises at ``timeout=0`` instead of the outlet's QueueFull."""
+    return SendTimedOut(f"{e} (timeout=0)")
 
 
 def _refuse_self_transfer(obj: KernelObject, msg: Message) -> None:

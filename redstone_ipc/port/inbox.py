@@ -21,13 +21,13 @@ Capacity (credits)
 
     Handing a message out frees its credit; it goes back to the connection
     that sent it (in batches, ``freed``), or to a connection that waits for
-    room. A sender that has no credit says so (``TX_WAITING``) and writes its
-    doorbell; the inbox then grants it credits from the pool, from credits
-    freed but not yet given back, or by taking back credits that other
-    connections hold unused. So a sender is refused (QueueFull) only when
-    ``capacity`` messages are queued or in flight — once the receiver has
-    looked at its request: a receiver blocked in ``recv`` looks at once, a busy
-    one at its next receive.
+    room. A sender that has no credit says so (``TX_WAITING``) and sends a
+    ``DOOR_WANT`` record on the door; the inbox then grants it credits from
+    the pool, from credits freed but not yet given back, or by taking back
+    credits that other connections hold unused. So a sender is refused
+    (QueueFull) only when ``capacity`` messages are queued or in flight —
+    once the receiver has looked at its request: the door is heard at once,
+    by a receiving thread or else by the service thread (``service.py``).
 
 Waiting
     One thread at a time (the *leader*) waits; others wait on a condition
@@ -156,8 +156,31 @@ class Inbox:
         mutex = self.mutex
         mutex.acquire()
         try:
-            if not txid:
-                msg = self._quick_locked()
+            # The common case first, inline (_quick_locked): nothing queued,
+            # one active connection, one ordinary message published on it.
+            if not (txid or self.queued or self.closed is not None or self.errors):
+                active = self.active
+                if len(active) == 1:
+                    conn = active[0]
+                    msg = conn.take_one()
+                    if msg is not None:
+                        its = msg.txid
+                        if its and its in self.pending:  # a call's reply: set aside
+                            self.queued += 1
+                            self.replies[its] = (msg, conn)
+                            self._notify_locked()
+                        else:
+                            self.handed += 1
+                            freed = conn.freed + 1
+                            conn.freed = freed
+                            if freed >= self.batch:
+                                conn.idle = 0
+                                self._flush_locked(conn)
+                            if self.wanters:
+                                self._serve_wanters_locked()
+                            return msg
+            elif not txid and self.queue._len and self.closed is None and not self.errors:
+                msg = self._take_queued_locked()  # a stream: messages wait in the queue
                 if msg is not None:
                     return msg
             deadline = None if timeout is None else _now() + timeout
@@ -189,10 +212,39 @@ class Inbox:
         finally:
             mutex.release()
 
+    def _take_queued_locked(self) -> Message | None:
+        """The head of the queue, after reading what the (one) active
+        connection published since: a higher priority may have come."""
+        active = self.active
+        if len(active) != 1 or self.handed >= EVENTS_EVERY:
+            return None
+        conn = active[0]
+        try:
+            n = conn.published()
+            if n:
+                self._read_locked(conn, n)
+        except ProtocolError:
+            return None  # the general path drops it and says so
+        msg, src = self.queue.take()
+        self.queued -= 1
+        self.handed += 1
+        if src is None or src.closed:
+            self.pool += 1
+        else:
+            freed = src.freed + 1
+            src.freed = freed
+            if freed >= self.batch:
+                self._flush_locked(src)
+        if self.wanters:
+            self._serve_wanters_locked()
+        if self.queued and (self.followers or self.async_loops):
+            self._notify_locked()
+        return msg
+
     def _quick_locked(self) -> Message | None:
         """The common case at its cheapest: nothing queued, one active
         connection, one ordinary message published on it. None if not so."""
-        if self.queue._len or self.closed is not None or self.errors:
+        if self.queued or self.closed is not None or self.errors:
             return None
         active = self.active
         if len(active) != 1:
@@ -379,8 +431,18 @@ class Inbox:
         if entry is not None:
             msg, conn = entry
             self.queued -= 1
-            self._handed_out_locked(conn)
-            if (self.queue or self.replies) and (self.leader or self.followers or self.async_loops):
+            # _handed_out_locked, inlined: this path is hot
+            self.handed += 1
+            if conn is None or conn.closed:
+                self.pool += 1
+            else:
+                freed = conn.freed + 1
+                conn.freed = freed
+                if freed >= self.batch:
+                    self._flush_locked(conn)
+            if self.wanters:
+                self._serve_wanters_locked()
+            if self.queued and (self.leader or self.followers or self.async_loops):
                 self._notify_locked()
             return msg
         if self.errors:
@@ -400,7 +462,8 @@ class Inbox:
 
     def _drain_locked(self) -> None:
         """Read what the active connections published into the queue."""
-        for conn in list(self.active):
+        active = self.active
+        for conn in (active if len(active) == 1 else list(active)):  # (a drop changes it)
             try:
                 n = conn.published()
                 if n:
@@ -408,6 +471,7 @@ class Inbox:
                     self._read_locked(conn, n)
             except ProtocolError as e:
                 self._drop_locked(conn, L.CLOSED_PROTOCOL, e)
+                break  # the list changed: the others wait for the next look
         if self.handed >= EVENTS_EVERY:
             self.handed = 0
             self._poll_events_locked()
@@ -418,13 +482,16 @@ class Inbox:
             conn.read(n, out)
         finally:  # what was read before a bad slot is kept
             pending = self.pending
-            put = self.queue.put
-            for msg in out:
-                txid = msg.txid
-                if txid and txid in pending:
-                    self.replies[txid] = (msg, conn)
-                else:
-                    put(msg.priority, (msg, conn))
+            if pending:
+                put = self.queue.put
+                for msg in out:
+                    txid = msg.txid
+                    if txid and txid in pending:
+                        self.replies[txid] = (msg, conn)
+                    else:
+                        put(msg.priority, (msg, conn))
+            else:
+                self.queue.put_all(out, conn)
             self.queued += len(out)
             if out:
                 if conn.data_freed:
@@ -435,8 +502,7 @@ class Inbox:
     def _data_freed_locked(self, conn: Inbound) -> None:
         """Payloads copied out of a data segment freed room: a sender may wait for it."""
         conn.data_freed = False
-        if not TSO:
-            full_fence()
+        full_fence()  # the tag stores before the TX_WAITING load (StoreLoad, even on x86)
         if conn.tx_waiting():
             conn.wake_sender()
 

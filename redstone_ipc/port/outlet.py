@@ -16,11 +16,13 @@ Sending
 
 No room
     ``timeout=0``: QueueFull. Otherwise the sender sets ``TX_WAITING``,
-    writes the doorbell (the receiver then knows it waits) and sleeps in
-    ``poll`` on its socket (the receiver's WAKE records, and hang-up), the
-    door (hang-up: the port is gone) and a private eventfd (closing the
-    handle here wakes it). When the receive side lives in this process, the
-    sender runs the receiver's bookkeeping itself instead of waiting for it.
+    fences, looks at its credits once more, sends a ``DOOR_WANT`` record on
+    the door (the receiver hears its door even while it does not receive)
+    and sleeps in ``poll`` on its socket (the receiver's WAKE records, and
+    hang-up), the door (hang-up: the port is gone) and a private eventfd
+    (closing the handle here wakes it). When the receive side lives in this
+    process, the sender runs the receiver's bookkeeping itself instead of
+    waiting for it.
 
 Every method whose name ends in ``_locked`` runs with ``self.lock`` held.
 """
@@ -45,7 +47,9 @@ from ..message.message import Message
 from ..sched.lock import Condition, relocked
 from ..transport import layout as L
 from ..transport.loan import Loan
-from ..transport.sending import CLOSED, NO_CREDIT, SENT, Outbound
+from ..transport.sending import (
+    CLOSED, FDS_IN_FLIGHT, NO_CREDIT, NO_DATA_ROOM, NO_SOCKET_ROOM, SENT, SOCKET_FULL, Outbound,
+)
 
 if TYPE_CHECKING:
     from .inbox import Inbox
@@ -58,6 +62,8 @@ _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _POLLIN = select.POLLIN
 _RX_STATE = L.OFF_RX_STATE >> 2
+_POLLOUT = select.POLLOUT
+_IN_FLIGHT_POLL = 0.01  # seconds between looks while the kernel refuses more fds in flight
 _HUP = select.POLLHUP | select.POLLERR
 
 LOCAL_INBOXES: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
@@ -93,6 +99,7 @@ class Outlet:
         self.room_cond = Condition(self.lock)  # threads waiting for room behind the room leader
         self.room_leader = False
         self._async: dict[tuple[asyncio.AbstractEventLoop, Outbound], list[asyncio.Future[None]]] = {}
+        self._writing: set[tuple[asyncio.AbstractEventLoop, Outbound]] = set()  # loops watching POLLOUT
         self.dead = False
         _LIVE.add(self)
 
@@ -106,8 +113,10 @@ class Outlet:
         if conn is not None:  # the common case: connected, room
             try:
                 status = conn.try_send(msg._payload, msg.msg_type, priority, msg.txid, msg.handles)
-            finally:
-                lock.release()  # a full fence on x86: the HEAD store before the load below
+            except BaseException:
+                lock.release()
+                raise
+            lock.release()  # a full fence on x86: the HEAD store before the load below
             if not status:
                 if not TSO:
                     full_fence()
@@ -122,15 +131,17 @@ class Outlet:
                    handle: Handle) -> None:
         deadline = None
         while True:
-            lock = self.lock
-            lock.acquire()
             try:
-                conn = self.conn
-                if conn is None:
-                    conn = self._connect_locked()
-                status = conn.try_send(msg._payload, msg.msg_type, priority, msg.txid, msg.handles)
-            finally:
-                lock.release()
+                with self.lock:
+                    conn = self.conn
+                    if conn is None:
+                        conn = self._connect_locked()
+                    status = conn.try_send(msg._payload, msg.msg_type, priority, msg.txid, msg.handles)
+            except _DoorFull as e:
+                if deadline is None and timeout is not None:
+                    deadline = _now() + timeout
+                self._wait_door(e, timeout, deadline)
+                continue
             if status == SENT:
                 if not TSO:
                     full_fence()
@@ -148,11 +159,14 @@ class Outlet:
                 if timeout == 0:
                     raise QueueFull(self._full_text(status))
                 raise SendTimedOut(self._full_text(status))
-            self._wait_room(conn, status, deadline, handle)
+            self._wait_room(conn, deadline, handle)
 
     def _full_text(self, status: int) -> str:
         if status == NO_CREDIT:
             return "no room: the queue is full (or the receiver has not granted room to this sender yet)"
+        if status == NO_SOCKET_ROOM:
+            return ("no room for more handles: the receiver has not read the ones sent before "
+                    "(the connection socket is full, or this user has RLIMIT_NOFILE fds in flight)")
         return "no room in the data segments: the receiver still holds earlier payloads"
 
     def _connect_locked(self) -> Outbound:
@@ -166,7 +180,7 @@ class Outlet:
                 self.door.sendmsg([head], anc, _DONTWAIT)
             except BlockingIOError:
                 # The receiver has not taken the connections before ours yet.
-                raise QueueFull("the receiver is not taking new senders now (its door is full)") from None
+                raise _DoorFull("the receiver is not taking new senders now (its door is full)") from None
             except (BrokenPipeError, ConnectionResetError):
                 raise self.gone(self.gone_text) from None
         except BaseException:
@@ -178,6 +192,17 @@ class Outlet:
         if local is not None:
             local.service()
         return conn
+
+    def _wait_door(self, full: _DoorFull, timeout: float | None, deadline: float | None) -> None:
+        """Wait until the door has room for our connection record (or the time is up)."""
+        remaining = None if deadline is None else deadline - _now()
+        if remaining is not None and remaining <= 0:
+            if timeout == 0:
+                raise QueueFull(str(full)) from None
+            raise SendTimedOut(str(full)) from None
+        p = select.poll()
+        p.register(self.door.fileno(), _POLLOUT)
+        p.poll(None if remaining is None else remaining * 1000.0)
 
     def _local_inbox(self) -> Inbox | None:
         obj = LOCAL_INBOXES.get(self.door_key)
@@ -198,7 +223,8 @@ class Outlet:
         finally:
             conn.set_waiting(False)
             conn.drain_wakes()
-        return conn.credits() > 0
+        with self.lock:
+            return conn.room_now()
 
     def _ask_for_room(self, conn: Outbound) -> None:
         """Tell the receiver that this connection waits for credits (a WANT
@@ -240,7 +266,8 @@ class Outlet:
         if conn.closed_reason() or self._door_gone():
             self._closed(conn)
 
-    def _wait_room(self, conn: Outbound, status: int, deadline: float | None, handle: Handle) -> None:
+    def _wait_room(self, conn: Outbound, deadline: float | None, handle: Handle,
+                   credit: bool = True) -> None:
         """Sleep until the receiver gives room, hangs up, or the deadline.
 
         One thread (the *room leader*) sleeps in ``poll`` on the connection's
@@ -271,14 +298,18 @@ class Outlet:
         alive = True
         if leading:
             try:
-                full_fence()  # TX_WAITING before the last look at the credits
-                if not (status == NO_CREDIT and conn.credits() > 0):
-                    if status == NO_CREDIT:
+                full_fence()  # TX_WAITING before the last look at the room
+                with self.lock:
+                    room = conn.room_now(credit)
+                if not room:
+                    if credit and conn.credits() <= 0:
                         self._ask_for_room(conn)
                     p = select.poll()
-                    p.register(conn.sock.fileno(), _POLLIN)
+                    p.register(conn.sock.fileno(), _POLLIN | (_POLLOUT if conn.socket_blocked == SOCKET_FULL else 0))
                     p.register(self.door.fileno(), 0)
                     p.register(kick, _POLLIN)
+                    if conn.socket_blocked == FDS_IN_FLIGHT:  # no event tells: look again soon
+                        remaining = _IN_FLIGHT_POLL if remaining is None else min(remaining, _IN_FLIGHT_POLL)
                     p.poll(None if remaining is None else remaining * 1000.0)
             finally:
                 with relocked(self.lock):
@@ -337,9 +368,12 @@ class Outlet:
             if deadline is not None and _now() >= deadline:
                 if conn is not None:
                     self._raise_if_gone(conn)
+                status = NO_CREDIT
+                if conn is not None:
+                    status = NO_SOCKET_ROOM if conn.socket_blocked else NO_DATA_ROOM if conn.data_blocked else NO_CREDIT
                 if timeout == 0:
-                    raise QueueFull(self._full_text(NO_CREDIT))
-                raise SendTimedOut(self._full_text(NO_CREDIT))
+                    raise QueueFull(self._full_text(status))
+                raise SendTimedOut(self._full_text(status))
             if conn is None:
                 await asyncio.sleep(0.001)
                 continue
@@ -366,10 +400,20 @@ class Outlet:
                 loop.add_reader(conn.sock.fileno(), self._on_wake, key)
             futures.append(fut)
         try:
-            full_fence()
-            if conn.credits() > 0:
+            full_fence()  # TX_WAITING before the last look at the room
+            with self.lock:
+                room = conn.room_now()
+            if room:
                 return
-            self._ask_for_room(conn)
+            if conn.credits() <= 0:
+                self._ask_for_room(conn)
+            elif conn.socket_blocked == FDS_IN_FLIGHT:
+                deadline = _IN_FLIGHT_POLL + _now() if deadline is None else min(deadline, _IN_FLIGHT_POLL + _now())
+            elif conn.socket_blocked:
+                with self.lock:
+                    if key not in self._writing:
+                        self._writing.add(key)
+                        loop.add_writer(conn.sock.fileno(), self._on_writable, key)
             remaining = None if deadline is None else max(0.0, deadline - _now())
             await asyncio.wait_for(asyncio.shield(fut), remaining)
         except asyncio.TimeoutError:
@@ -383,11 +427,25 @@ class Outlet:
                     del self._async[key]
                     try:
                         loop.remove_reader(conn.sock.fileno())
+                        if key in self._writing:
+                            self._writing.discard(key)
+                            loop.remove_writer(conn.sock.fileno())
                     except (ValueError, OSError):
                         pass
                 self._leave_wait_locked(conn)
         if conn.closed and conn is self.conn:
             self._raise_if_gone(conn)
+
+    def _on_writable(self, key: tuple[asyncio.AbstractEventLoop, Outbound]) -> None:
+        """The loop saw room in our socket: every coroutine of that loop looks again."""
+        loop, conn = key
+        with self.lock:
+            self._writing.discard(key)
+            _wake_futures(self._async.get(key, []))
+        try:
+            loop.remove_writer(conn.sock.fileno())  # level-triggered: it would fire again
+        except (ValueError, OSError):
+            pass
 
     def _on_wake(self, key: tuple[asyncio.AbstractEventLoop, Outbound]) -> None:
         """The loop saw our socket readable: read the WAKEs (it is level-triggered:
@@ -407,12 +465,35 @@ class Outlet:
 
     # -- loans -------------------------------------------------------------------
 
-    def loan(self, size: int) -> Loan:
-        with self.lock:
-            conn = self.conn
-            if conn is None:
-                conn = self._connect_locked()
-            return conn.loan(size)
+    def loan(self, size: int, timeout: float | None, handle: Handle) -> Loan:
+        """A loan of ``size`` bytes; waits (as ``send`` does) while the data
+        segments are full of payloads the receiver keeps."""
+        deadline = None
+        while True:
+            try:
+                with self.lock:
+                    conn = self.conn
+                    if conn is None:
+                        conn = self._connect_locked()
+                    got = conn.try_loan(size)
+            except _DoorFull as e:
+                if deadline is None and timeout is not None:
+                    deadline = _now() + timeout
+                self._wait_door(e, timeout, deadline)
+                continue
+            if got.__class__ is Loan:
+                return got  # type: ignore[return-value]
+            if got == CLOSED:
+                self._closed(conn)
+                continue
+            if deadline is None and timeout is not None:
+                deadline = _now() + timeout
+            if timeout is not None and _now() >= deadline:  # type: ignore[operator]
+                self._raise_if_gone(conn)
+                if timeout == 0:
+                    raise QueueFull(self._full_text(got))  # type: ignore[arg-type]
+                raise SendTimedOut(self._full_text(got))  # type: ignore[arg-type]
+            self._wait_room(conn, deadline, handle, credit=False)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -455,6 +536,7 @@ class Outlet:
         self.room_cond = Condition(self.lock)
         self.room_leader = False
         self._async = {}
+        self._writing = set()
         self.waiting = 0
         for old in self.retired:
             old.close()
@@ -465,6 +547,10 @@ class Outlet:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.close()
+
+
+class _DoorFull(QueueFull):
+    """The door has no room for a connection record (the receiver is busy, or stopped)."""
 
 
 def _wake_futures(futures: list[asyncio.Future[None]]) -> None:

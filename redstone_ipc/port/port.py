@@ -62,7 +62,7 @@ import enum
 import os
 import select
 import socket
-from typing import Any, NewType
+from typing import Any, NewType, TypeVar
 
 from ..core.object import HANDLE_TABLE, Handle, ObjectType, Rights
 from ..errors import InvalidHandle, PortClosed, ProtocolError
@@ -224,16 +224,10 @@ def _ino(fd: int) -> int:
     return os.fstat(fd).st_ino
 
 
-class _PortFactory(type):
-    """``Port(capacity)`` creates a port; handles themselves come from the table."""
-
-    def __call__(cls, capacity: int = DEFAULT_CAPACITY) -> Any:
-        return HANDLE_TABLE.insert(
-            _PortObject.create(capacity), port_rights.DEFAULT_RIGHTS, cls  # type: ignore[arg-type]
-        )
+_P = TypeVar("_P", bound="Port")
 
 
-class Port(MailboxHandle, metaclass=_PortFactory):
+class Port(MailboxHandle):
     """A handle to a port. ``Port(capacity=16)`` makes a port: its RECEIVE handle.
 
     Default rights: SEND | RECEIVE | DUPLICATE | TRANSFER | WAIT. Mint send
@@ -248,6 +242,15 @@ class Port(MailboxHandle, metaclass=_PortFactory):
     """
 
     __slots__ = ()
+
+    def __new__(cls: type[_P], capacity: int = DEFAULT_CAPACITY) -> _P:
+        """A new port holding at most ``capacity`` messages (1 to 2**20), and
+        its first handle, with the default rights. Other handles to it come
+        from ``duplicate`` or from receiving one, never from this call."""
+        return HANDLE_TABLE.insert(_PortObject.create(capacity), port_rights.DEFAULT_RIGHTS, cls)
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        """Everything was done by ``__new__`` (handles skip ``__init__``)."""
 
     @property
     def id(self) -> PortId:

@@ -43,6 +43,18 @@ class PriorityQueue(Generic[T]):
         level.append(item)
         self._len += 1
 
+    def put_all(self, messages: list, source: object) -> None:
+        """``put((msg.priority, (msg, source)))`` for each message, in order."""
+        levels = self._levels
+        for msg in messages:
+            priority = msg.priority
+            level = levels.get(priority)
+            if level is None:
+                level = levels[priority] = deque()
+                insort(self._order, -priority)
+            level.append((msg, source))  # type: ignore[arg-type]
+        self._len += len(messages)
+
     def take(self) -> T:
         """The first item of the highest priority (IndexError if empty)."""
         top = -self._order[0]

@@ -64,6 +64,8 @@ offset   type   meaning
                 view, never a copy)
 25       u8     fd_count: the fds that record carries (with ``SLOT_FDS``),
                 so the receiver can make room for them before reading it
+                (it may be less than handle_count: a channel endpoint
+                with neither SEND nor RECEIVE carries no fd)
 26       u16    data segment id (with ``SLOT_DATA``)
 28       u32    data offset in the segment, in ``GRANULE`` units
 32       ...    the payload itself when it fits (``INLINE_MAX`` bytes)
@@ -98,7 +100,10 @@ Each record starts with a u32 kind:
   descriptors (``message.wire``: type u16, fd_count u16, rights u32, extra
   u64), with the fds in SCM_RIGHTS. One per ``SLOT_FDS`` slot, in order.
 * ``REC_SEGMENT`` (sender -> receiver): u32 kind, u32 segment id, with the
-  segment memfd. Sent before the first slot that uses the segment.
+  segment memfd. Sent before the first slot that uses the segment (and,
+  for one message, before its handles' record). A receiver accepts one in
+  front of any record: a message may fail (its handles refused) after its
+  new segment was announced, and never be published.
 * ``REC_WAKE`` (receiver -> sender): u32 kind. Room was given to a sender
   that set ``TX_WAITING``.
 
@@ -160,6 +165,9 @@ CONTROL = struct.Struct("<IHHII")  # magic, version, flags, nslots, slot size
 SLOT = struct.Struct("<4IiIBBHI")  # size, handle_count, msg_type, reserved,
 #                                    priority, txid, flags, fd_count, segment, offset
 SLOT_HEAD = SLOT.size  # 32
+# The same 32 bytes for a slot with no flags, handles or segment: size,
+# msg_type, priority and txid, every other field written 0.
+SLOT_PLAIN = struct.Struct("<I4xI4xiI8x")
 INLINE_MAX = SLOT_SIZE - SLOT_HEAD  # 224
 SLOT_DATA = 0x1
 SLOT_FDS = 0x2
@@ -175,6 +183,7 @@ SEGMENT = struct.Struct("<IHHIIQ")  # magic, version, flags, id, reserved, data 
 MIN_SEGMENT = 1 << 16
 MAX_SEGMENT = 1 << 34  # 16 GiB: offsets are u32 granules (256 GiB at most)
 MAX_SEGMENTS = 8  # live segments per connection
+GROWTH_LIMIT = 1 << 23  # a sender's policy: segments double up to this, then only for bigger payloads
 TAG_RELEASED = 1
 
 # Socket records.

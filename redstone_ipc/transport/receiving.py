@@ -48,9 +48,13 @@ _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _unpack_slot = L.SLOT.unpack_from
 _received = Message._received
+_new = object.__new__
+_Message = Message
+_NO_HANDLES: list = ()  # type: ignore[assignment]  # shared: a received message without handles
 _WAKE = L.RECORD_KIND.pack(L.REC_WAKE)
 _ANC_SIZE = socket.CMSG_SPACE(4 * cmsg.MAX_FDS)
 _HEAD_Q = L.OFF_HEAD >> 3
+_POISON = 0xC000_0000  # -2**30 as a u32
 _CONTROL = L.CONTROL_SIZE
 _SLOT_SIZE = L.SLOT_SIZE
 _SLOT_HEAD = L.SLOT_HEAD
@@ -189,7 +193,14 @@ class Inbound:
             return None
         self.tail = h
         start = off + _SLOT_HEAD
-        return _received(msg_type, mm[start:start + size], [], priority, txid, self.sender)
+        msg = _new(_Message)  # Message._received, inlined: this path is hot
+        msg.msg_type = msg_type
+        msg._payload = mm[start:start + size]
+        msg.handles = _NO_HANDLES  # (attach_handle makes it a list)
+        msg.txid = txid
+        msg.priority = priority
+        msg.sender = self.sender
+        return msg
 
     def read(self, count: int, out: list[Message]) -> None:
         """Read ``count`` published messages (from ``published()``) into ``out``.
@@ -202,6 +213,7 @@ class Inbound:
         mask = self._mask
         tail = self.tail
         sender = self.sender
+        append = out.append
         for _ in range(count):
             off = _CONTROL + (tail & mask) * _SLOT_SIZE
             size, handle_count, msg_type, reserved, priority, txid, flags, fd_count, seg, granule = (
@@ -209,10 +221,17 @@ class Inbound:
             )
             if flags == 0 and not (handle_count or reserved) and size <= _INLINE_MAX:  # the common case
                 start = off + _SLOT_HEAD
-                out.append(_received(msg_type, mm[start:start + size], [], priority, txid, sender))
+                msg = _new(_Message)  # Message._received, inlined
+                msg.msg_type = msg_type
+                msg._payload = mm[start:start + size]
+                msg.handles = _NO_HANDLES
+                msg.txid = txid
+                msg.priority = priority
+                msg.sender = sender
+                append(msg)
             else:
-                out.append(self._read_slow(off, size, handle_count, msg_type, reserved, priority,
-                                           txid, flags, fd_count, seg, granule))
+                append(self._read_slow(off, size, handle_count, msg_type, reserved, priority,
+                                       txid, flags, fd_count, seg, granule))
             tail += 1
             self.tail = tail
 
@@ -225,7 +244,7 @@ class Inbound:
             raise ProtocolError(f"a slot has unknown flags {flags & ~L.SLOT_KNOWN:#x}")
         if bool(flags & L.SLOT_FDS) != bool(handle_count):
             raise ProtocolError(f"a slot with {handle_count} handles has flags {flags:#x}")
-        if handle_count > cmsg.MAX_FDS or fd_count > cmsg.MAX_FDS or fd_count < handle_count:
+        if handle_count > cmsg.MAX_FDS or fd_count > cmsg.MAX_FDS:  # (a handle may carry no fd)
             raise ProtocolError(f"a slot names {handle_count} handles and {fd_count} fds")
         if flags & L.SLOT_DATA:
             segment = self._segment(seg)
@@ -250,25 +269,39 @@ class Inbound:
         segment = self.segments.get(seg_id)
         if segment is not None:
             return segment
-        # Not seen yet: its record must be the next one on the socket.
-        data, fds = self._next_record(1)
+        # Not seen yet: its record must be on the socket now, possibly behind
+        # segments announced for messages that then failed (``_add_segment``).
+        for _ in range(L.MAX_SEGMENTS + 1):
+            data, fds = self._next_record(1)
+            if self._add_segment(data, fds, seg_id) == seg_id:
+                return self.segments[seg_id]
+        raise ProtocolError(f"data segment {seg_id} was used but never announced")
+
+    def _add_segment(self, data: bytes, fds: list[int], used: int) -> int:
+        """Register the segment a REC_SEGMENT record announces (its fd closed
+        here in every case); its id. ProtocolError if the record is not one.
+
+        A REC_SEGMENT may come before any record: a sender announces a new
+        segment before it writes the payload, and the message may then fail
+        (its handles refused) and never be published, leaving the
+        announcement in front of the next message's records.
+        """
         try:
             kind, new_id = L.SEGMENT_RECORD.unpack(data) if len(data) == L.SEGMENT_RECORD.size else (0, 0)
-            if kind != L.REC_SEGMENT or len(fds) != 1:
-                raise ProtocolError(
-                    f"a slot uses data segment {seg_id}, which was never announced"
-                )
-            if new_id in self.segments or new_id != seg_id:
-                raise ProtocolError(f"data segment {new_id} announced where {seg_id} was used")
+            if kind != L.REC_SEGMENT:
+                raise ProtocolError(f"a slot uses data segment {used}, which was never announced")
+            if len(fds) != 1:
+                raise ProtocolError(f"data segment {new_id} was announced with {len(fds)} fds, not 1")
+            if new_id in self.segments:
+                raise ProtocolError(f"data segment {new_id} was announced twice")
             if len(self.segments) >= L.MAX_SEGMENTS:
                 self._drop_idle_segments()
                 if len(self.segments) >= L.MAX_SEGMENTS:
                     raise ProtocolError(f"more than {L.MAX_SEGMENTS} data segments")
-            segment = SegmentReader(fds[0], seg_id, self._payload_released)
+            self.segments[new_id] = SegmentReader(fds[0], new_id, self._payload_released)
         finally:
             cmsg.close_fds(fds)
-        self.segments[seg_id] = segment
-        return segment
+        return int(new_id)
 
     def _drop_idle_segments(self) -> None:
         """Forget segments the sender retired (no view of ours left in them)."""
@@ -278,9 +311,15 @@ class Inbound:
                 segment.close()
 
     def _read_handles(self, handle_count: int, fd_count: int) -> list[Handle]:
-        if fd_count:
-            make_room(fd_count, self.doorbell)
-        data, fds = self._next_record(fd_count)
+        for _ in range(L.MAX_SEGMENTS + 1):
+            if fd_count:
+                make_room(fd_count, self.doorbell)
+            data, fds = self._next_record(fd_count)
+            if len(data) != L.SEGMENT_RECORD.size or L.RECORD_KIND.unpack_from(data)[0] != L.REC_SEGMENT:
+                break
+            self._add_segment(data, fds, 0)  # announced by a message that failed (see there)
+        else:
+            raise ProtocolError("a slot with handles found only data segments announced before it")
         try:
             kind, count = L.HANDLES_HEAD.unpack_from(data) if len(data) >= L.HANDLES_HEAD.size else (0, 0)
             if kind != L.REC_HANDLES or count != handle_count:
@@ -385,8 +424,7 @@ class Inbound:
         must hear of it (this runs from garbage collection, any thread)."""
         if self.closed:
             return
-        if not TSO:
-            full_fence()
+        full_fence()  # the tag store before the TX_WAITING load (StoreLoad, even on x86)
         if self.tx_waiting():
             self.wake_sender()
 
@@ -417,6 +455,9 @@ class Inbound:
             return
         self.closed = True
         self._w[L.OFF_RX_CLOSED >> 2] = reason
+        # No credit will ever do again: a sender's next take fails, and its
+        # slow path reads RX_CLOSED (the fast path need not look).
+        _fetch_add(self._credits, _POISON, _SEQ_CST)
         self._w[L.OFF_RX_STATE >> 2] = L.RX_SLEEPING  # a late sender still rings: harmless
         full_fence()
         self.wake_sender()

@@ -42,9 +42,10 @@ _c_void_p = ctypes.c_void_p
 
 def segment_size_for(payload: int, current: int = 0) -> int:
     """The data size of a new segment for a payload of ``payload`` bytes:
-    at least four such payloads and twice the current segment, a power of
+    at least four such payloads and twice the current segment (but growth
+    alone stops at GROWTH_LIMIT: a segment's pages stay touched), a power of
     two between MIN_SEGMENT and MAX_SEGMENT."""
-    want = max(L.MIN_SEGMENT, 4 * payload, 2 * current)
+    want = max(L.MIN_SEGMENT, 4 * payload, min(2 * current, L.GROWTH_LIMIT))
     size = 1
     while size < want:
         size <<= 1
@@ -131,6 +132,14 @@ class SegmentWriter:
         if not pending:
             self._tail = self._head
         return self._head + need - self._tail <= self.size
+
+    def fits(self, n: int) -> bool:
+        """Whether ``allocate(n)`` would succeed now (it reclaims, allocates nothing)."""
+        need = (n + L.GRANULE - 1) & ~(L.GRANULE - 1) or L.GRANULE
+        pos = self._head & self._mask
+        if pos + need > self.size:
+            return self._room(self.size - pos + need)
+        return self._room(need)
 
     def idle(self) -> bool:
         """Whether every allocation was released (the segment can retire)."""

@@ -15,15 +15,20 @@ time call ``try_send``).
 * ``NO_CREDIT`` — the receiver granted no more room to this connection;
 * ``NO_DATA_ROOM`` — the data segments are full of payloads the receiver
   has not released yet (views it keeps alive), and no bigger one may be made;
+* ``NO_SOCKET_ROOM`` — the connection socket is full of records (handles,
+  segments) the receiver has not read yet;
 * ``CLOSED`` — the receiver ended the connection (``closed_reason``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
+import select
 import socket
+import struct
 
 from ..core.object import HANDLE_TABLE, Handle, KernelObject, Rights
 from ..errors import MessageTooLarge
@@ -36,12 +41,16 @@ from . import layout as L
 from .loan import Loan
 from .segments import SegmentWriter, segment_size_for
 
-__all__ = ["Outbound", "SENT", "NO_CREDIT", "NO_DATA_ROOM", "CLOSED"]
+__all__ = ["Outbound", "SENT", "NO_CREDIT", "NO_DATA_ROOM", "NO_SOCKET_ROOM", "CLOSED"]
 
 SENT = 0
 NO_CREDIT = 1
 NO_DATA_ROOM = 2
 CLOSED = 3
+NO_SOCKET_ROOM = 4
+# Why NO_SOCKET_ROOM (``Outbound.socket_blocked``):
+SOCKET_FULL = 1  # the receiver has not read the records before
+FDS_IN_FLIGHT = 2  # ETOOMANYREFS: this user has RLIMIT_NOFILE fds in sockets, unread
 
 _MINUS_ONE = 0xFFFF_FFFF  # -1 as the u32 that libatomic's fetch_add takes
 _SEQ_CST = 5
@@ -49,6 +58,7 @@ _I32 = (-(2**31), 2**31 - 1)
 _c_void_p = ctypes.c_void_p
 _DONTWAIT = int(socket.MSG_DONTWAIT)
 _pack_slot = L.SLOT.pack_into
+_pack_plain = L.SLOT_PLAIN.pack_into
 _WAKE_RECORD_SIZE = L.RECORD_KIND.size
 _RX_CLOSED = L.OFF_RX_CLOSED >> 2  # indexes into the control page as u32 / u64 words
 _RX_STATE = L.OFF_RX_STATE >> 2
@@ -65,7 +75,7 @@ class Outbound:
     __slots__ = (
         "mm", "nslots", "_mask", "_w", "_q", "_head", "_head_ptr", "_credits", "sock",
         "_doorbell", "_theirs", "_ring_fd", "_segments", "_current", "_next_segment_id",
-        "closed", "token", "_final_reason", "__weakref__",
+        "closed", "token", "_final_reason", "data_blocked", "socket_blocked", "__weakref__",
     )
 
     def __init__(self, nslots: int) -> None:
@@ -104,6 +114,9 @@ class Outbound:
         self._next_segment_id = 1
         self.closed = False
         self._final_reason = 0
+        # What the last failed send lacked besides credits (room_now looks at it).
+        self.data_blocked = 0  # the size of a payload that found no data room
+        self.socket_blocked = 0  # SOCKET_FULL, or FDS_IN_FLIGHT (no event says when that ends)
         self.token = int.from_bytes(os.urandom(8), "little")
 
     # -- connecting ------------------------------------------------------------
@@ -132,25 +145,31 @@ class Outbound:
     def try_send(self, payload: object, msg_type: int, priority: int, txid: int,
                  handles: list[Handle]) -> int:
         """Publish one message (see the module docstring for the result)."""
-        if self._w[_RX_CLOSED]:
-            return CLOSED
         cls = payload.__class__
         # The common case first: a small payload of bytes, no handle.
         if (cls is bytes or cls is memoryview) and not handles:
             size = len(payload) if cls is bytes else payload.nbytes  # type: ignore[arg-type, attr-defined]
             if size <= _INLINE_MAX and (cls is bytes or payload.format == "B"):  # type: ignore[attr-defined]
-                if not -0x8000_0000 <= priority <= 0x7FFF_FFFF:
-                    raise ValueError(f"priority must fit an i32, not {priority}")
                 credits = self._credits
                 old = _fetch_add(credits, _MINUS_ONE, _SEQ_CST)
                 if not 0 < old < 0x8000_0000:  # it was 0, or negative: no credit
                     _fetch_add(credits, 1, _SEQ_CST)
-                    return NO_CREDIT
+                    self.data_blocked = 0
+                    self.socket_blocked = 0
+                    # (a closed connection's credits are poisoned: say why)
+                    return CLOSED if self._w[_RX_CLOSED] else NO_CREDIT
                 h = self._head
                 off = _CONTROL + (h & self._mask) * _SLOT_SIZE
                 mm = self.mm
+                try:  # (struct checks msg_type, priority and txid for us)
+                    _pack_plain(mm, off, size, msg_type, priority, txid)
+                except struct.error:
+                    _fetch_add(credits, 1, _SEQ_CST)
+                    raise ValueError(
+                        f"msg_type and txid must fit a u32, priority an i32 ({msg_type}, "
+                        f"{txid}, {priority})"
+                    ) from None
                 mm[off + _SLOT_HEAD:off + _SLOT_HEAD + size] = payload  # type: ignore[call-overload]
-                _pack_slot(mm, off, size, 0, msg_type, 0, priority, txid, 0, 0, 0, 0)
                 h += 1
                 self._head = h
                 if TSO:
@@ -163,6 +182,8 @@ class Outbound:
     def _try_send_general(self, payload: object, msg_type: int, priority: int, txid: int,
                           handles: list[Handle]) -> int:
         """try_send for loans, data segments, handles and any buffer."""
+        if self._w[_RX_CLOSED]:
+            return CLOSED
         if payload.__class__ is Loan:
             size = payload.nbytes  # type: ignore[attr-defined]
         else:
@@ -170,10 +191,14 @@ class Outbound:
             size = view.nbytes  # type: ignore[union-attr]
         if not _I32[0] <= priority <= _I32[1]:
             raise ValueError(f"priority must fit an i32, not {priority}")
+        if size > 0xFFFF_FFFF:  # (a bytearray may have grown since the Message checked)
+            raise MessageTooLarge(f"a payload is at most {0xFFFF_FFFF} bytes, not {size}")
         credits = self._credits
         old = _fetch_add(credits, _MINUS_ONE, _SEQ_CST)
         if not 0 < old < 0x8000_0000:  # it was 0, or negative: no credit
             _fetch_add(credits, 1, _SEQ_CST)
+            self.data_blocked = 0
+            self.socket_blocked = 0
             return NO_CREDIT
         # From here on the credit is ours: publish, or give it back.
         h = self._head
@@ -182,6 +207,7 @@ class Outbound:
         flags = 0
         segment_id = 0
         granule = 0
+        placed = None
         try:
             if payload.__class__ is Loan:
                 segment, offset = self._take_loan(payload)  # type: ignore[arg-type]
@@ -196,7 +222,10 @@ class Outbound:
                 placed = self._allocate(size)
                 if placed is None:
                     _fetch_add(credits, 1, _SEQ_CST)
+                    self.data_blocked = size
+                    self.socket_blocked = 0
                     return NO_DATA_ROOM
+                self.data_blocked = 0
                 segment, offset = placed
                 segment.data[offset:offset + size] = view if view.format == "B" else view.cast("B")
                 flags = L.SLOT_DATA
@@ -208,13 +237,18 @@ class Outbound:
                 flags |= L.SLOT_FDS
             _pack_slot(mm, off, size, len(handles), msg_type, 0, priority, txid,
                        flags, fd_count, segment_id, granule)
-        except _Closed:
+        except BaseException as e:
+            # Nothing was published: the credit and the data room go back.
+            if placed is not None:
+                placed[0].release_unsent(placed[1])
             _fetch_add(credits, 1, _SEQ_CST)
-            return CLOSED
-        except BaseException:
-            # Nothing was published; the credit goes back.
-            _fetch_add(credits, 1, _SEQ_CST)
+            if e.__class__ is _Closed:
+                return CLOSED
+            if e.__class__ is _SocketFull:
+                self.socket_blocked = e.args[0]
+                return NO_SOCKET_ROOM
             raise
+        self.socket_blocked = 0
         h += 1
         self._head = h
         if TSO:
@@ -254,8 +288,12 @@ class Outbound:
                 cmsg.send_record(self.sock, record, fds, _DONTWAIT)
             except (BrokenPipeError, ConnectionResetError):
                 raise _Closed() from None
+            except BlockingIOError:
+                raise _SocketFull(SOCKET_FULL) from None
             except OSError as e:
-                if e.errno == 90:  # EMSGSIZE
+                if e.errno == errno.ETOOMANYREFS:  # this user's fds in flight: RLIMIT_NOFILE
+                    raise _SocketFull(FDS_IN_FLIGHT) from None
+                if e.errno == errno.EMSGSIZE:
                     raise MessageTooLarge(f"the handles' record is too large: {e}") from None
                 raise
         finally:
@@ -272,8 +310,9 @@ class Outbound:
             offset = current.allocate(size)
             if offset >= 0:
                 return current, offset
-            return None  # full of unreleased payloads: wait for the receiver
-        if current is not None and current.size >= L.MAX_SEGMENT:
+            # Full of payloads the receiver has not released (it may keep
+            # them): a bigger segment while there may be one, then wait.
+        elif current is not None and current.size >= L.MAX_SEGMENT:
             if size > current.size:
                 raise MessageTooLarge(f"a payload is at most {L.MAX_SEGMENT} bytes")
             offset = current.allocate(size)
@@ -299,6 +338,12 @@ class Outbound:
                 cmsg.send_record(self.sock, [head], [segment.fd], _DONTWAIT)
             except (BrokenPipeError, ConnectionResetError):
                 raise _Closed() from None
+            except BlockingIOError:
+                raise _SocketFull(SOCKET_FULL) from None
+            except OSError as e:
+                if e.errno == errno.ETOOMANYREFS:
+                    raise _SocketFull(FDS_IN_FLIGHT) from None
+                raise
         except BaseException:
             segment.close()
             raise
@@ -315,17 +360,25 @@ class Outbound:
                 del self._segments[seg_id]
                 segment.close()  # the receiver keeps its own mapping until it closes
 
-    def loan(self, size: int) -> Loan:
-        """``size`` writable bytes in a data segment (see ``transport.loan``).
-
-        MessageTooLarge above the largest segment; None-like failure (no
-        room until the receiver releases payloads) raises BlockingIOError.
-        """
+    def try_loan(self, size: int) -> Loan | int:
+        """``size`` writable bytes in a data segment (see ``transport.loan``),
+        or why not: NO_DATA_ROOM, NO_SOCKET_ROOM (a new segment could not be
+        announced yet) or CLOSED. MessageTooLarge above the largest segment.
+        A loan takes no credit: the send does."""
         if size <= 0:
             raise ValueError(f"a loan is at least one byte, not {size}")
-        placed = self._allocate(size)
+        self.socket_blocked = 0
+        self.data_blocked = 0
+        try:
+            placed = self._allocate(size)
+        except _Closed:
+            return CLOSED
+        except _SocketFull as e:
+            self.socket_blocked = e.args[0]
+            return NO_SOCKET_ROOM
         if placed is None:
-            raise BlockingIOError("no room in the data segments until the receiver releases payloads")
+            self.data_blocked = size
+            return NO_DATA_ROOM
         segment, offset = placed
         return Loan(segment.data[offset:offset + size], self, segment, offset)
 
@@ -356,6 +409,36 @@ class Outbound:
             return 0
         v = self._w[L.OFF_CREDITS >> 2]
         return v - (1 << 32) if v & 0x8000_0000 else v
+
+    def room_now(self, credit: bool = True) -> bool:
+        """Whether the send (or, ``credit=False``, the loan) that failed would
+        succeed now (call it under the lock that serialises this connection's
+        sends).
+
+        A waiting sender looks after setting ``TX_WAITING`` and a full fence:
+        whatever the receiver frees after the look, it sees the flag and
+        wakes us; what it freed before, the look sees.
+        """
+        if credit and self.credits() <= 0:
+            return False
+        if self.socket_blocked:
+            return self.socket_blocked == SOCKET_FULL and self.socket_writable()
+        size = self.data_blocked
+        if not size:
+            return True
+        current = self._current
+        if current is not None and current.fits(size):
+            return True
+        # Or a segment the receiver is done with retires, making way for a new one.
+        return any(s is not current and s.idle() for s in self._segments.values())
+
+    def socket_writable(self) -> bool:
+        """Whether the connection socket has room for a record now."""
+        if self.closed:
+            return True  # (the next send reports why)
+        p = select.poll()
+        p.register(self.sock.fileno(), select.POLLOUT)
+        return bool(p.poll(0))
 
     def drain_wakes(self) -> bool:
         """Read the WAKE records waiting on the socket; False at hang-up."""
@@ -401,3 +484,8 @@ class Outbound:
 
 class _Closed(Exception):
     """The connection's socket is gone (raised inside try_send, turned into CLOSED)."""
+
+
+class _SocketFull(Exception):
+    """The connection's socket has no room for a record (turned into
+    NO_SOCKET_ROOM); its argument says why."""
