@@ -26,12 +26,22 @@ EXPECTED = {
 }
 
 
-@pytest.mark.timeout(600)
+def _has_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+@pytest.mark.timeout(180)
 def test_smoke_run_prints_tables_and_writes_json(tmp_path):
+    # The command as a user runs it (python -m redstone_ipc bench), every
+    # benchmark in every placement, with tiny counts.
     out_json = tmp_path / "out.json"
+    out_png = tmp_path / "out.png"
+    plot = ["--plot", str(out_png)] if _has_matplotlib() else []
     proc = subprocess.run(
-        [sys.executable, "-m", "redstone_ipc.benchmarks.cli", "--smoke", "--json", str(out_json)],
-        cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=580,
+        [sys.executable, "-m", "redstone_ipc", "bench", "--smoke", "--json", str(out_json), *plot],
+        cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=170,
     )
     assert "Traceback" not in proc.stderr, proc.stderr
     # 1: some measurement failed; the tables say so (the suite itself worked).
@@ -74,6 +84,26 @@ def test_smoke_run_prints_tables_and_writes_json(tmp_path):
             assert ratios, f"{fig_id}: no ratio measured"
             assert all(r > 0 and math.isfinite(r) for r in ratios)
 
+    if plot:
+        assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"Wrote {out_png} (" in proc.stdout
+
+    # What the benchmarks promise: every placement; the round trips and the CPU
+    # per message against raw sockets; throughput with a loan from 64 KiB;
+    # fan-in of 4 senders against a shared socketpair; the idle receiver.
+    places = {"one-cpu", "unpinned"} | ({"two-cpus"} if len(os.sched_getaffinity(0)) > 1 else set())
+    assert set(data["placements"]) == places
+    for fig_id in ("roundtrip", "cpu-per-message", "throughput-32B", "throughput-1MiB", "fan-in"):
+        assert set(benchmarks[fig_id]["results"]) == places, fig_id
+        for variants in benchmarks[fig_id]["results"].values():
+            assert variants[benchmarks[fig_id]["baseline"]]["kind"] == "baseline"
+    for size in ("64KiB", "1MiB"):
+        for variants in benchmarks[f"throughput-{size}"]["results"].values():
+            assert {"redstone Channel + loan", "redstone Port + loan"} <= set(variants)
+    for variants in benchmarks["fan-in"]["results"].values():
+        assert {"raw socketpair shared by the senders", "redstone Port"} <= set(variants)
+    for variants in benchmarks["idle"]["results"].values():
+        assert {"redstone Channel", "redstone Port"} <= set(variants)
     # Our variants and the raw baseline are in the round trips, in every placement.
     for variants in benchmarks["roundtrip"]["results"].values():
         assert {"raw socketpair", "redstone Channel", "redstone Port pair"} <= set(variants)
@@ -99,8 +129,34 @@ def test_usage_error_is_one_line_and_status_2(argv, says, capsys):
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], captured.err
-    assert lines[0].startswith("redstone-ipc bench: error: ")
+    assert lines[0].startswith("redstone-ipc bench: ")
     assert captured.out == ""
+
+
+@pytest.mark.timeout(120)
+def test_one_placement_and_one_benchmark(tmp_path):
+    out_json = tmp_path / "out.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "redstone_ipc", "bench", "--smoke", "--placement", "one-cpu",
+         "--only", "fan-in,idle", "--json", str(out_json)],
+        cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+    data = json.loads(out_json.read_text())
+    assert list(data["placements"]) == ["one-cpu"]
+    assert set(data["benchmarks"]) == {"fan-in", "idle"}
+    assert list(data["benchmarks"]["fan-in"]["results"]) == ["one-cpu"]
+    assert "Other libraries" not in proc.stdout  # no peer takes part in these two
+
+
+def test_a_mistake_through_the_redstone_ipc_command(capsys):
+    from redstone_ipc import cli as top
+
+    assert top.main(["bench", "--only", "nothing"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("redstone-ipc bench: unknown benchmark 'nothing' (choose from "
+                            + ", ".join(cli.BENCHMARKS) + ")\n")
 
 
 def test_help(capsys):

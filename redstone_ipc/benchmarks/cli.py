@@ -20,13 +20,14 @@ import os
 import sys
 import time
 from types import ModuleType
-from typing import Any, NoReturn, Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 from . import cpu, fanin, futex, handoff, peers, roundtrip, senders, throughput
 from .harness import (
     PLACEMENT_NAMES, MeasurementFailed, become_subreaper, placements, reap_orphans, run_isolated,
 )
 from .model import Figure, Job, Results, Settings
+from ..cli.usage import Parser, UsageError
 from .progress import Progress
 from .report import machine_info, now_iso, print_tables, to_json, write_json, write_plot
 
@@ -59,20 +60,12 @@ pyzmq, posix_ipc, faster-fifo and iceoryx2; those missing are skipped, with
 a line saying why. --plot needs matplotlib: pip install 'redstone-ipc[plot]'.
 """
 
-EPILOG = "benchmarks: " + "; ".join(f"{k} ({v[1]})" for k, v in BENCHMARKS.items())
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+EPILOG = "benchmarks (for --only):\n" + "\n".join(
+    f"  {k:<11} {v[1]}" for k, v in BENCHMARKS.items())
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+    p = Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
@@ -139,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wanted_places = _names(args.placement, PLACEMENT_NAMES, "placement")
         wanted = _names(args.only, list(BENCHMARKS), "benchmark")
     except UsageError as exc:
-        print(f"{PROG}: error: {exc} (--help shows the options)", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     profile = "quick" if args.quick else "smoke" if args.smoke else "full"
     settings = Settings.for_profile(profile)
@@ -163,6 +156,9 @@ def _run(settings: Settings, wanted: list[str], wanted_places: list[str], args: 
     print("Placements: " + "; ".join(_place_text(p) for p in chosen) + ".", file=out)
     for name, why in skipped_places.items():
         print(f"Skipped placement {name}: {why}.", file=out)
+    print("How to read the tables: a row per variant, a column pair per placement: the "
+          "median of the runs and\nits ratio to the row marked (baseline), taken in the "
+          "same runs. Each table says whether lower\nor higher is better.", file=out)
     if not chosen:
         print(f"{PROG}: error: none of the placements asked for can run here", file=err)
         return 2
@@ -177,7 +173,9 @@ def _run(settings: Settings, wanted: list[str], wanted_places: list[str], args: 
     plans: list[tuple[str, list[Figure], list[Job]]] = []
     for name in wanted:
         module = BENCHMARKS[name][0]
-        figures, jobs = module.plan(settings, chosen, available)  # type: ignore[attr-defined]
+        figures: list[Figure]
+        jobs: list[Job]
+        figures, jobs = module.plan(settings, chosen, available)
         plans.append((name, figures, jobs))
     subreaper = become_subreaper()
     total = sum(len(jobs) for _, _, jobs in plans)

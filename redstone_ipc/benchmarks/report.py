@@ -64,7 +64,11 @@ def _sig(x: float) -> str:
 def _ratio_text(ratio: float | None) -> str:
     if ratio is None:
         return ""
-    return f"{ratio:.2f}x" if ratio < 100 else f"{ratio:.0f}x"
+    if ratio >= 100:
+        return f"{ratio:.0f}x"
+    if ratio >= 0.01:
+        return f"{ratio:.2f}x"
+    return f"{ratio:.2g}x"  # 0.0033x, not 0.00x
 
 
 def _unit_text(fig: Figure) -> str:

@@ -9,20 +9,18 @@ Variants:
   other, with socket buffers big enough for the size (a ``SOCK_STREAM``
   pair when the system does not allow that many bytes in one record);
 * ``redstone Channel`` and ``redstone Port``: ``send(Message(1, payload))``
-  with a ``bytes`` payload (copied into shared memory), ``recv()``;
+  with a ``bytes`` payload (copied into shared memory), ``recv()``, with
+  the default capacity (16 messages);
 * ``... + loan`` (64 KiB and up): the sender takes a loan (``loan(size)``),
   writes the payload into it (one copy, as a producer writing its data
   would) and sends it; the receiver reads those very pages (no copy).
-  ``loan`` does not wait for room: while the receiver still holds earlier
-  payloads it raises BlockingIOError, and the sender yields and tries again;
+  ``loan`` waits for data room as ``send`` does;
 * ``pyzmq PUSH/PULL``, when installed.
 """
 
 from __future__ import annotations
 
-import os
 import socket
-import time
 from typing import Any, Callable
 
 from .harness import Loop, Placement, pin, stream
@@ -129,7 +127,7 @@ def _ours(kind: str, loan: bool) -> Callable[[int, int, int, Placement], float]:
 
                 def loop(k: int) -> None:
                     for _ in range(k):
-                        buf = _loan(take, size)
+                        buf = take(size)
                         buf.view[:] = payload
                         send(Message(1, buf))
             else:
@@ -156,21 +154,6 @@ def _ours(kind: str, loan: bool) -> Callable[[int, int, int, Placement], float]:
     return run
 
 
-def _loan(take: Callable[[int], Any], size: int) -> Any:
-    """``take(size)``, waiting while the receiver still holds the memory:
-    ``loan`` raises BlockingIOError then, it does not wait."""
-    tries = 0
-    while True:
-        try:
-            return take(size)
-        except BlockingIOError:
-            tries += 1
-            if tries < 64:
-                os.sched_yield()
-            else:
-                time.sleep(50e-6)
-
-
 def plan(settings: Settings, placements: list[Placement],
          available: dict[str, str | None]) -> tuple[list[Figure], list[Job]]:
     names = tuple(p.name for p in placements)
@@ -183,7 +166,10 @@ def plan(settings: Settings, placements: list[Placement],
             f"Messages per second from one process to another, {size_name(size)} each "
             f"(MB/s = msg/s x {size / 1e6:g}); higher is better. The ratio is the rate "
             "divided by the raw socketpair's in the same runs: 2.0 means twice as many "
-            "messages per second.",
+            "messages per second." + (
+                " The '+ loan' rows build each payload in a loan (loan(size): shared "
+                "memory the receiver then reads in place, zero copy) instead of "
+                "sending bytes." if size >= LOAN_FROM else ""),
             names)
         variants: list[tuple[str, Callable[[int, int, int, Placement], float]]] = [
             (fig.variant(RAW, BASELINE), _raw),
