@@ -91,7 +91,7 @@ def _print_table(fig: Figure, results: Results, out: TextIO) -> None:
     names = fig.variants
     name_w = max(len(_label(fig, n)) for n in names) + 2
     has_ratio = fig.baseline is not None
-    col_v, col_r = 10, 8 if has_ratio else 0
+    col_v, col_r = 10, 9 if has_ratio else 0
     places = list(fig.placements)
     header = " " * (name_w + 2)
     sub = " " * (name_w + 2)
