@@ -88,6 +88,7 @@ SPIN_MAX = 400  # polls of the active connections before sleeping (~10-30 µs)
 SPIN_YIELD_MAX = 128  # polls between two sched_yield at most
 DEMOTE_AFTER = 64  # sleeps in a row during which a connection published nothing
 EVENTS_EVERY = 64  # messages handed out between two looks at the door and doorbells
+BUSY_AGE = DEMOTE_AFTER // 4  # so: quiet while 4 * EVENTS_EVERY messages were handed out
 
 
 class Inbox:
@@ -475,6 +476,21 @@ class Inbox:
         if self.handed >= EVENTS_EVERY:
             self.handed = 0
             self._poll_events_locked()
+            if len(self.active) > 1:
+                self._age_active_locked()
+
+    def _age_active_locked(self) -> None:
+        """While busy, every EVENTS_EVERY messages handed out: active
+        connections that published nothing since age as by BUSY_AGE sleeps,
+        and the quiet ones are demoted. A receiver that finds its messages
+        while spinning never sleeps, so without this its idle senders would
+        stay active and every receive would poll each of them."""
+        if self.sleepers:
+            return  # a sleeping thread relies on RX_SLEEPING as it is
+        for conn in list(self.active):
+            conn.idle += BUSY_AGE
+            if conn.idle >= DEMOTE_AFTER:
+                self._demote_locked(conn)
 
     def _read_locked(self, conn: Inbound, n: int) -> None:
         out: list[Message] = []
@@ -539,7 +555,10 @@ class Inbox:
                 self._flush_locked(conn)
 
     def _fair_share(self) -> int:
-        return max(1, self.capacity // max(1, len(self.conns)))
+        # Shared among the connections that send now: idle ones (demoted)
+        # would otherwise make every active sender's share tiny, and each of
+        # its sends a request for room.
+        return max(1, self.capacity // max(1, len(self.active)))
 
     def _serve_wanters_locked(self) -> None:
         """Give room to connections that wait for it, from wherever it is free."""
@@ -549,20 +568,24 @@ class Inbox:
                 continue
             if conn.freed:
                 self._flush_locked(conn)
-            if not self.pool:
-                self._gather_locked(conn)
-            if conn.credits_left() > 0:  # it has room after all
-                self.wanters.remove(conn)
-                conn.wake_sender()
-                continue
-            give = min(self.pool, self._fair_share(), max(0, conn.nslots - conn.owed()))
-            if give <= 0:
+            left = conn.credits_left()
+            share = self._fair_share()
+            # Topped up to its share from the pool (else a sender that gets
+            # back one freed credit at a time asks for room at every send);
+            # others' unused credits are taken back only when it has none.
+            if left < share and (self.pool or left <= 0):
+                if not self.pool:
+                    self._gather_locked(conn)
+                give = min(self.pool, share - max(0, left), max(0, conn.nslots - conn.owed()))
+                if give > 0:
+                    self.pool -= give
+                    conn.grant(give)
+                    left += give
+                    if not TSO:
+                        full_fence()
+            if left <= 0:
                 continue  # nothing free: it waits for the next message handed out
-            self.pool -= give
-            conn.grant(give)
             self.wanters.remove(conn)
-            if not TSO:
-                full_fence()
             conn.wake_sender()
 
     def _gather_locked(self, wanter: Inbound) -> None:

@@ -156,6 +156,8 @@ class Outlet:
                 continue
             if timeout is not None and _now() >= deadline:  # type: ignore[operator]
                 self._raise_if_gone(conn)
+                if status == NO_CREDIT and conn.credits() <= 0:
+                    self._ask_for_room(conn)  # so that room is granted for a later send
                 if timeout == 0:
                     raise QueueFull(self._full_text(status))
                 raise SendTimedOut(self._full_text(status))
