@@ -32,16 +32,18 @@ def _has_matplotlib() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-@pytest.mark.timeout(180)
-def test_smoke_run_prints_tables_and_writes_json(tmp_path):
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("profile", ["smoke", "quick"])
+def test_a_run_prints_tables_and_writes_json(tmp_path, profile):
     # The command as a user runs it (python -m redstone_ipc bench), every
-    # benchmark in every placement, with tiny counts.
+    # benchmark in every placement: with tiny counts (--smoke, and a plot),
+    # and as `bench --quick --json` (about a minute here).
     out_json = tmp_path / "out.json"
     out_png = tmp_path / "out.png"
-    plot = ["--plot", str(out_png)] if _has_matplotlib() else []
+    plot = ["--plot", str(out_png)] if _has_matplotlib() and profile == "smoke" else []
     proc = subprocess.run(
-        [sys.executable, "-m", "redstone_ipc", "bench", "--smoke", "--json", str(out_json), *plot],
-        cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=170,
+        [sys.executable, "-m", "redstone_ipc", "bench", f"--{profile}", "--json", str(out_json), *plot],
+        cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=580,
     )
     assert "Traceback" not in proc.stderr, proc.stderr
     # 1: some measurement failed; the tables say so (the suite itself worked).
@@ -52,7 +54,7 @@ def test_smoke_run_prints_tables_and_writes_json(tmp_path):
 
     data = json.loads(out_json.read_text())
     assert data["format"] == "redstone-ipc-bench/1"
-    assert data["profile"] == "smoke"
+    assert data["profile"] == profile
     machine = data["machine"]
     assert machine["cpus"] >= 1 and machine["kernel"].startswith("Linux") and machine["python"]
     benchmarks = data["benchmarks"]
