@@ -5,13 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 # The editable install puts the repository on sys.path with a plain .pth
-# line ("compat" mode). setuptools' default mode uses an import hook for a
-# flat layout like ours, which type checkers never run: mypy, run from a
-# user's project, would not find the package (nor its py.typed) at all.
-# tests/test_typing.py checks this. setuptools calls compat "transitional":
-# when it goes, the way out is the src/ layout, which its default mode
-# installs with a plain .pth too.
-INSTALL := $(PY) -m pip install -q --config-settings editable_mode=compat -e
+# line: pyproject.toml maps the package root to "." (package-dir), so
+# setuptools' default editable mode needs no import hook, which type checkers
+# never run (mypy, run from a user's project, would not find the package nor
+# its py.typed). tests/test_typing.py checks this.
+INSTALL := $(PY) -m pip install -q -e
 
 .PHONY: demo test lint bench clean
 

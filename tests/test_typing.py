@@ -5,8 +5,8 @@
 mypy runs on copies of both in an empty directory outside the repository,
 with no configuration, as it would in a user's project: the package must be
 found through the installed distribution (``make``'s editable install is
-"compat" mode for this: setuptools' default import hook is invisible to
-type checkers) and typed by its ``py.typed``. The tour must pass
+a plain .pth line, see tests/test_install.py: an import hook would be
+invisible to type checkers) and typed by its ``py.typed``. The tour must pass
 ``--strict``; the misuse file must fail on exactly its marked lines, which
 shows the types are real (a package that mypy cannot find, or an ``Any``,
 would let the mistakes through). The tour also runs, as a program.
