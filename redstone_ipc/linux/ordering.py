@@ -20,8 +20,9 @@ StoreLoad, as in "publish, then check whether the peer sleeps").
 :data:`TSO` follows ``linux.atomic.MODE`` (``REDSTONE_IPC_ATOMICS``): True on
 x86_64, False with ``REDSTONE_IPC_ATOMICS=libatomic``, which forces the
 aarch64 path on x86 (where it is also correct, only slower): the test suite
-runs the ring protocol that way in a subprocess, so the weakly ordered code
-path is exercised on every machine.
+runs the atomics' tests and the Port and Channel specifications that way in
+a subprocess (tests/test_atomic.py, tests/test_weak_ordering.py), so the
+weakly ordered code path is exercised on every machine.
 
 Every function here takes a prebuilt :class:`ctypes.c_void_p` (see
 ``linux.atomic``) and checks nothing: the caller keeps the memory mapped.
