@@ -63,6 +63,7 @@ from typing import Callable
 
 from ..errors import Empty, IpcError, OutOfFds, ProtocolError, ReceiveTimedOut
 from ..linux import cmsg, eventfd
+from ..linux.limits import make_fd_room
 from ..linux.ordering import TSO, full_fence
 from ..message.message import Message
 from ..sched.lock import Condition, acquire_deferring, relocked
@@ -717,6 +718,7 @@ class Inbox:
             self._add_locked(conn)
 
     def _add_locked(self, conn: Inbound) -> None:
+        make_fd_room(max(conn.doorbell, conn.sock.fileno()))  # many clients: see linux.limits
         try:
             self.epoll.register(conn.doorbell, _EPOLLIN)
             self.epoll.register(conn.sock.fileno(), select.EPOLLRDHUP)
