@@ -38,7 +38,12 @@ from ..message.message import COPY_LIMIT, Message, Sender
 from . import layout as L
 from .segments import SegmentReader
 
-__all__ = ["Inbound", "accept", "door_record", "make_room"]
+__all__ = ["Inbound", "accept", "door_record", "make_room", "MAPPING_FDS"]
+
+MAPPING_FDS = 1
+"""Fds a mapping holds: ``mmap.mmap`` keeps a dup of the fd it maps (Python
+3.13's ``trackfd=False`` aside), so mapping a ring or a segment that just
+arrived takes one fd more than the record brought."""
 
 _SEQ_CST = 5
 _c_void_p = ctypes.c_void_p
@@ -251,6 +256,7 @@ class Inbound:
         if segment is not None:
             return segment
         # Not seen yet: its record must be the next one on the socket.
+        make_room(1 + MAPPING_FDS, self.doorbell, "a data segment")  # (lost at EMFILE)
         data, fds = self._next_record(1)
         try:
             kind, new_id = L.SEGMENT_RECORD.unpack(data) if len(data) == L.SEGMENT_RECORD.size else (0, 0)
@@ -431,7 +437,7 @@ class Inbound:
         self.mm.close()
 
 
-def make_room(fd_count: int, any_fd: int) -> None:
+def make_room(fd_count: int, any_fd: int, what: str = "a queued message's handles") -> None:
     """OutOfFds unless ``fd_count`` fds can be opened right now.
 
     The kernel drops the fds of a record it cannot install (EMFILE) and they
@@ -444,7 +450,7 @@ def make_room(fd_count: int, any_fd: int) -> None:
             probes.append(os.dup(any_fd))
     except OSError as e:
         if e.errno in (errno.EMFILE, errno.ENFILE):
-            raise OutOfFds(fd_count) from None
+            raise OutOfFds(fd_count, what) from None
         raise
     finally:
         cmsg.close_fds(probes)
