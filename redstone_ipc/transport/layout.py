@@ -90,6 +90,13 @@ A memfd of ``SEGMENT_HEADER + tags + data`` bytes, size sealed:
   allocations, oldest first;
 * data: a byte ring; an allocation never wraps (the sender skips the end).
 
+A sender allocates in its newest segment. It makes a new one, announced
+before its first use, when a payload is more than half that segment's size,
+or when that segment is full of payloads the receiver has not released
+(then twice the size of all its live segments: the queue's capacity counts
+messages of any size); at most ``MAX_SEGMENTS`` live, each at most
+``MAX_SEGMENT`` bytes.
+
 Socket records
 --------------
 Each record starts with a u32 kind:
@@ -98,7 +105,9 @@ Each record starts with a u32 kind:
   descriptors (``message.wire``: type u16, fd_count u16, rights u32, extra
   u64), with the fds in SCM_RIGHTS. One per ``SLOT_FDS`` slot, in order.
 * ``REC_SEGMENT`` (sender -> receiver): u32 kind, u32 segment id, with the
-  segment memfd. Sent before the first slot that uses the segment.
+  segment memfd. Sent before the first slot that uses the segment (a send
+  that fails after announcing one leaves its record there: a receiver
+  adopts a REC_SEGMENT wherever it meets one).
 * ``REC_WAKE`` (receiver -> sender): u32 kind. Room was given to a sender
   that set ``TX_WAITING``.
 

@@ -15,12 +15,15 @@ time call ``try_send``).
 * ``NO_CREDIT`` — the receiver granted no more room to this connection;
 * ``NO_DATA_ROOM`` — the data segments are full of payloads the receiver
   has not released yet (views it keeps alive), and no bigger one may be made;
+  or the kernel holds no more records on the connection's socket until the
+  receiver reads some (handles, new segments);
 * ``CLOSED`` — the receiver ended the connection (``closed_reason``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import socket
@@ -182,6 +185,7 @@ class Outbound:
         flags = 0
         segment_id = 0
         granule = 0
+        placed = None
         try:
             if payload.__class__ is Loan:
                 segment, offset = self._take_loan(payload)  # type: ignore[arg-type]
@@ -208,12 +212,16 @@ class Outbound:
                 flags |= L.SLOT_FDS
             _pack_slot(mm, off, size, len(handles), msg_type, 0, priority, txid,
                        flags, fd_count, segment_id, granule)
-        except _Closed:
+        except (_Closed, _KernelFull) as e:
             _fetch_add(credits, 1, _SEQ_CST)
-            return CLOSED
+            if placed is not None:
+                placed[0].release_unsent(placed[1])
+            return CLOSED if e.__class__ is _Closed else NO_DATA_ROOM
         except BaseException:
-            # Nothing was published; the credit goes back.
+            # Nothing was published; the credit and the data room go back.
             _fetch_add(credits, 1, _SEQ_CST)
+            if placed is not None:
+                placed[0].release_unsent(placed[1])
             raise
         h += 1
         self._head = h
@@ -257,6 +265,8 @@ class Outbound:
             except OSError as e:
                 if e.errno == 90:  # EMSGSIZE
                     raise MessageTooLarge(f"the handles' record is too large: {e}") from None
+                if e.errno in _KERNEL_FULL:
+                    raise _KernelFull() from None
                 raise
         finally:
             HANDLE_TABLE.unpin(objects)
@@ -268,37 +278,46 @@ class Outbound:
 
     def _allocate(self, size: int) -> tuple[SegmentWriter, int] | None:
         current = self._current
+        full = False
         if current is not None and size * 2 <= current.size:
             offset = current.allocate(size)
             if offset >= 0:
                 return current, offset
-            return None  # full of unreleased payloads: wait for the receiver
+            # Full of payloads not released yet (queued, or views the receiver
+            # keeps): a bigger segment, so that capacity counts messages of any
+            # size; wait for the receiver only at MAX_SEGMENTS or MAX_SEGMENT.
+            full = True
         if current is not None and current.size >= L.MAX_SEGMENT:
             if size > current.size:
                 raise MessageTooLarge(f"a payload is at most {L.MAX_SEGMENT} bytes")
             offset = current.allocate(size)
             return (current, offset) if offset >= 0 else None
-        segment = self._new_segment(size)
+        segment = self._new_segment(size, full)
         if segment is None:
             return None
         offset = segment.allocate(size)
         return (segment, offset) if offset >= 0 else None
 
-    def _new_segment(self, size: int) -> SegmentWriter | None:
-        """A bigger segment for ``size``-byte payloads, announced to the receiver."""
+    def _new_segment(self, size: int, full: bool = False) -> SegmentWriter | None:
+        """A bigger segment for ``size``-byte payloads, announced to the receiver
+        (``full``: the live ones are full: twice their total, so that they stay few)."""
         self._retire_idle()
         if len(self._segments) >= L.MAX_SEGMENTS:
             return None
-        segment = SegmentWriter(
-            self._next_segment_id,
-            segment_size_for(size, self._current.size if self._current else 0),
-        )
+        grow_from = self._current.size if self._current else 0
+        if full:
+            grow_from = sum(segment.size for segment in self._segments.values())
+        segment = SegmentWriter(self._next_segment_id, segment_size_for(size, grow_from))
         try:
             head = L.SEGMENT_RECORD.pack(L.REC_SEGMENT, segment.id)
             try:
                 cmsg.send_record(self.sock, [head], [segment.fd], _DONTWAIT)
             except (BrokenPipeError, ConnectionResetError):
                 raise _Closed() from None
+            except OSError as e:
+                if e.errno in _KERNEL_FULL:
+                    raise _KernelFull() from None
+                raise
         except BaseException:
             segment.close()
             raise
@@ -323,7 +342,10 @@ class Outbound:
         """
         if size <= 0:
             raise ValueError(f"a loan is at least one byte, not {size}")
-        placed = self._allocate(size)
+        try:
+            placed = self._allocate(size)
+        except _KernelFull:
+            placed = None
         if placed is None:
             raise BlockingIOError("no room in the data segments until the receiver releases payloads")
         segment, offset = placed
@@ -401,3 +423,12 @@ class Outbound:
 
 class _Closed(Exception):
     """The connection's socket is gone (raised inside try_send, turned into CLOSED)."""
+
+
+class _KernelFull(Exception):
+    """The kernel holds no more records on the connection's socket (its buffer
+    is full, or the user's fds in flight are at RLIMIT_NOFILE) until the
+    receiver reads some (raised inside try_send, turned into NO_DATA_ROOM)."""
+
+
+_KERNEL_FULL = (errno.EAGAIN, errno.ETOOMANYREFS)
