@@ -161,7 +161,7 @@ class Inbound:
         self.idle = 0  # receives in a row that found nothing new on it
         self.active = False  # polled without a doorbell (RX_SLEEPING clear while awake)
         self.token = 0  # names the connection in the sender's door records
-        self.data_freed = False  # a payload was copied out of a data segment (released)
+        self.data_freed = False  # room freed for the sender: a payload copied out, a record read
 
     # -- reading ---------------------------------------------------------------
 
@@ -255,26 +255,33 @@ class Inbound:
         segment = self.segments.get(seg_id)
         if segment is not None:
             return segment
-        # Not seen yet: its record must be the next one on the socket.
-        make_room(1 + MAPPING_FDS, self.doorbell, "a data segment")  # (lost at EMFILE)
-        data, fds = self._next_record(1)
+        # Not seen yet: its record is the next one on the socket (after those
+        # of segments announced by sends that failed then, if any).
+        while seg_id not in self.segments:
+            make_room(1 + MAPPING_FDS, self.doorbell, "a data segment")  # (lost at EMFILE)
+            data, fds = self._next_record(1)
+            if not _is_segment_record(data):
+                cmsg.close_fds(fds)
+                raise ProtocolError(f"a slot uses data segment {seg_id}, which was never announced")
+            self._adopt_segment(data, fds)
+        return self.segments[seg_id]
+
+    def _adopt_segment(self, data: bytes, fds: list[int]) -> None:
+        """Map the segment a REC_SEGMENT record announces (closing its fds)."""
         try:
-            kind, new_id = L.SEGMENT_RECORD.unpack(data) if len(data) == L.SEGMENT_RECORD.size else (0, 0)
-            if kind != L.REC_SEGMENT or len(fds) != 1:
-                raise ProtocolError(
-                    f"a slot uses data segment {seg_id}, which was never announced"
-                )
-            if new_id in self.segments or new_id != seg_id:
-                raise ProtocolError(f"data segment {new_id} announced where {seg_id} was used")
+            _, new_id = L.SEGMENT_RECORD.unpack(data)
+            if len(fds) != 1:
+                raise ProtocolError(f"a data segment's record carries {len(fds)} fds")
+            if new_id in self.segments:
+                raise ProtocolError(f"data segment {new_id} was announced twice")
             if len(self.segments) >= L.MAX_SEGMENTS:
                 self._drop_idle_segments()
                 if len(self.segments) >= L.MAX_SEGMENTS:
                     raise ProtocolError(f"more than {L.MAX_SEGMENTS} data segments")
-            segment = SegmentReader(fds[0], seg_id, self._payload_released)
+            segment = SegmentReader(fds[0], new_id, self._payload_released)
         finally:
             cmsg.close_fds(fds)
-        self.segments[seg_id] = segment
-        return segment
+        self.segments[new_id] = segment
 
     def _drop_idle_segments(self) -> None:
         """Forget segments the sender retired (no view of ours left in them)."""
@@ -284,9 +291,14 @@ class Inbound:
                 segment.close()
 
     def _read_handles(self, handle_count: int, fd_count: int) -> list[Handle]:
-        if fd_count:
-            make_room(fd_count, self.doorbell)
+        # (room for a segment's record too: a send that failed after
+        # announcing a new segment leaves it before this one)
+        make_room(max(fd_count, 1 + MAPPING_FDS), self.doorbell)
         data, fds = self._next_record(fd_count)
+        while _is_segment_record(data):
+            self._adopt_segment(data, fds)
+            make_room(max(fd_count, 1 + MAPPING_FDS), self.doorbell)
+            data, fds = self._next_record(fd_count)
         try:
             kind, count = L.HANDLES_HEAD.unpack_from(data) if len(data) >= L.HANDLES_HEAD.size else (0, 0)
             if kind != L.REC_HANDLES or count != handle_count:
@@ -329,6 +341,7 @@ class Inbound:
             raise ProtocolError(f"a record lost {lost} on the way")
         if not data and not fds:
             raise ProtocolError("the sender hung up before sending a slot's record")
+        self.data_freed = True  # room on the socket: a sender may wait for it
         return data, fds
 
     # -- credits ---------------------------------------------------------------
@@ -435,6 +448,10 @@ class Inbound:
         self._w.release()
         self._q.release()
         self.mm.close()
+
+
+def _is_segment_record(data: bytes) -> bool:
+    return len(data) == L.SEGMENT_RECORD.size and L.RECORD_KIND.unpack_from(data)[0] == L.REC_SEGMENT
 
 
 def make_room(fd_count: int, any_fd: int, what: str = "a queued message's handles") -> None:
