@@ -45,7 +45,7 @@ from ..message.message import Message
 from ..sched.lock import Condition, relocked
 from ..transport import layout as L
 from ..transport.loan import Loan
-from ..transport.sending import CLOSED, NO_CREDIT, SENT, Outbound
+from ..transport.sending import CLOSED, NO_CREDIT, NO_DATA_ROOM, SENT, Outbound
 
 if TYPE_CHECKING:
     from .inbox import Inbox
@@ -121,6 +121,7 @@ class Outlet:
     def _send_slow(self, msg: Message, priority: int, timeout: float | None,
                    handle: Handle) -> None:
         deadline = None
+        armed: Outbound | None = None
         while True:
             lock = self.lock
             lock.acquire()
@@ -129,6 +130,8 @@ class Outlet:
                 if conn is None:
                     conn = self._connect_locked()
                 status = conn.try_send(msg._payload, msg.msg_type, priority, msg.txid, msg.handles)
+                if status == SENT and armed is conn and not self.waiting:
+                    conn.set_waiting(False)
             finally:
                 lock.release()
             if status == SENT:
@@ -141,6 +144,14 @@ class Outlet:
                 continue
             if deadline is None and timeout is not None:
                 deadline = _now() + timeout
+            if status == NO_DATA_ROOM and armed is not conn and timeout != 0:
+                # The receiver sends a WAKE for room it frees only while it
+                # sees TX_WAITING: set it before one more try, or room freed
+                # between that try and the sleep would never be told.
+                armed = conn
+                conn.set_waiting(True)
+                full_fence()
+                continue
             if self._room_here(conn):
                 continue
             if timeout is not None and _now() >= deadline:  # type: ignore[operator]
@@ -153,7 +164,8 @@ class Outlet:
     def _full_text(self, status: int) -> str:
         if status == NO_CREDIT:
             return "no room: the queue is full (or the receiver has not granted room to this sender yet)"
-        return "no room in the data segments: the receiver still holds earlier payloads"
+        return ("no room for this message's payload or handles until the receiver reads "
+                "(or lets go of) earlier ones")
 
     def _connect_locked(self) -> Outbound:
         if self.dead:
