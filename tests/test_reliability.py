@@ -654,3 +654,136 @@ def test_a_forked_receiver_busy_elsewhere_still_takes_senders_and_gives_room(no_
         baton.close()
     client.close()
     port.close()
+
+
+# -- 7. capacity counts messages, whatever they carry -----------------------------------
+
+
+def test_capacity_1500_holds_1500_messages_of_100_kb_at_1024_fds(no_fd_leak):
+    """Item 7: another process queues 1500 messages of 100 KB into a port of
+    capacity 1500 whose receiver, at RLIMIT_NOFILE 1024, is busy; then the
+    receiver holds all of them at once (zero-copy views: no fd each) and
+    every acknowledged one is there, in order, intact."""
+    count, size = 1500, 100 * 1024
+    port = Port(capacity=count)
+    client = port.duplicate(SEND_RIGHTS)
+    ready, sent = Baton(), Baton()
+
+    def receiver() -> None:
+        client.close()
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+        with pytest.raises(Empty):
+            port.try_recv()  # receiving here from now on
+        before = len(open_fds())
+        ready.give()
+        sent.take()
+        held = [port.recv(timeout=20) for _ in range(count)]
+        assert len(open_fds()) - before < 16, "an fd per payload"
+        for i, msg in enumerate(held):
+            assert bytes(msg) == _payload(i, size), f"message {i}"
+            msg.close()
+        with pytest.raises(Empty):
+            port.try_recv()
+
+    pid = fork_child(receiver)
+    ready.take()
+    for i in range(count):
+        client.send(Message(1, _payload(i, size)), timeout=20)
+    with pytest.raises(SendTimedOut):
+        client.send(Message(1, _payload(count, size)), timeout=0.3)
+    sent.give()
+    assert wait_child(pid, 60) == 0
+    for baton in (ready, sent):
+        baton.close()
+    client.close()
+    port.close()
+
+
+def test_messages_with_handles_past_what_the_kernel_holds_wait_never_fail(no_fd_leak):
+    """A sender queuing more messages with handles than the kernel holds in
+    flight on its connection (its socket's buffer, its user's fds in flight)
+    is told "no room" like at capacity (QueueFull, SendTimedOut), never an
+    OSError; it goes on as the receiver reads, and everything arrives."""
+    count = 1000
+    port = Port(capacity=count)
+    client = port.duplicate(SEND_RIGHTS)
+    first = Baton()
+
+    def sender() -> None:
+        queued = 0
+        while True:  # as many as the kernel takes while nobody reads
+            msg = Message(1, struct.pack("<I", queued))
+            msg.attach_handle(FdHandle.adopt(os.eventfd(queued + 1)))
+            try:
+                client.send(msg, timeout=0)
+            except QueueFull:
+                msg.close()
+                break
+            queued += 1
+        assert queued > 0
+        first.give()
+        for i in range(queued, count):  # the rest waits for the reader
+            msg = Message(1, struct.pack("<I", i))
+            msg.attach_handle(FdHandle.adopt(os.eventfd(i + 1)))
+            client.send(msg, timeout=20)
+
+    pid = fork_child(sender)
+    first.take()
+    for i in range(count):
+        msg = port.recv(timeout=20)
+        assert struct.unpack("<I", msg.payload)[0] == i
+        (counter,) = msg.handles
+        assert os.eventfd_read(counter.fileno()) == i + 1, "the handle that was sent with it"
+        msg.close()
+    assert wait_child(pid, 30) == 0
+    first.close()
+    client.close()
+    port.close()
+
+
+def test_a_send_that_fails_gives_back_the_data_room_it_took(no_fd_leak):
+    """A send that fails after its payload went into a data segment (here: a
+    handle closed after it was attached) gives that room back; otherwise the
+    segment could never be reused past it. Nothing outside the sender sees
+    the room, so this looks at its segments."""
+    port = Port(capacity=4)
+    client = port.duplicate(SEND_RIGHTS)
+    client.send(Message(0, bytes(100_000)))  # connected, one segment
+    port.recv(timeout=5).close()
+    gone = FdHandle.adopt(os.eventfd(0))
+    msg = Message(1, bytes(100_000))
+    msg.attach_handle(gone)
+    gone.close()
+    with pytest.raises(IpcError):
+        client.send(msg, timeout=0)
+    conn = client._object.outlet.conn
+    assert all(segment.idle() for segment in conn._segments.values()), "room kept by a failed send"
+    client.close()
+    port.close()
+
+
+def test_a_send_that_fails_after_announcing_a_segment_does_not_break_the_next(no_fd_leak):
+    """The first big payload announces a new data segment on the connection
+    before its handles go; if the send then fails, the next message (with
+    handles, no segment) must still be read as the sender meant it."""
+    port = Port(capacity=4)
+    client = port.duplicate(SEND_RIGHTS)
+    client.send(Message(0, b"connect"))
+    port.recv(timeout=5)
+    gone = FdHandle.adopt(os.eventfd(0))
+    msg = Message(1, bytes(100_000))  # a new segment for it
+    msg.attach_handle(gone)
+    gone.close()
+    with pytest.raises(IpcError):
+        client.send(msg, timeout=0)
+    _check_handles_message_sent_through(client, port)
+    client.send(Message(3, bytes(100_000)))  # and the segment it announced
+    assert port.recv(timeout=5).msg_type == 3
+    client.close()
+    port.close()
+
+
+def _check_handles_message_sent_through(client: Port, port: Port) -> None:
+    client.send(_handles_message(b"next"))
+    _check_handles_message(port.recv(timeout=5), b"next")
