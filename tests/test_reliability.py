@@ -27,6 +27,7 @@ from redstone_ipc import (
     Channel,
     Empty,
     FdHandle,
+    InvalidHandle,
     IpcError,
     Message,
     OutOfFds,
@@ -787,3 +788,117 @@ def test_a_send_that_fails_after_announcing_a_segment_does_not_break_the_next(no
 def _check_handles_message_sent_through(client: Port, port: Port) -> None:
     client.send(_handles_message(b"next"))
     _check_handles_message(port.recv(timeout=5), b"next")
+
+
+# -- 6. a thousand coroutines wait on one port -------------------------------------------
+
+
+@pytest.mark.parametrize("end", ["messages", "close"])
+def test_a_thousand_coroutines_wait_on_one_port_with_no_fd_each(no_fd_leak, end):
+    """Item 6: 1000 recv_async on one Port in one loop: no OSError (EINVAL),
+    no fd per waiter, and every one wakes — with a message each from another
+    process, or with PortClosed."""
+    count = 1000
+    port = Port(capacity=count)
+    client = port.duplicate(SEND_RIGHTS)
+    go = Baton()
+
+    def sender() -> None:
+        go.take()
+        for i in range(count):
+            client.send(Message(1, struct.pack("<I", i)), timeout=20)
+
+    pid = fork_child(sender)
+    with pytest.raises(Empty):
+        port.try_recv()  # receiving here: the inbox's own fds are made
+
+    async def main() -> list[object]:
+        before = open_fds()
+        tasks = [asyncio.ensure_future(port.recv_async(timeout=60)) for _ in range(count)]
+        await asyncio.sleep(0)  # every one is waiting now
+        assert not any(t.done() for t in tasks)
+        assert open_fds() == before, "an fd per waiter"
+        if end == "messages":
+            go.give()
+        else:
+            port.close()
+        done, _ = await asyncio.wait(tasks, timeout=60)
+        assert len(done) == count, f"{count - len(done)} waiters never woke"
+        return [t.exception() or t.result() for t in tasks]
+
+    outcomes = asyncio.run(main())
+    if end == "messages":
+        got = sorted(struct.unpack("<I", m.payload)[0] for m in outcomes)  # type: ignore[attr-defined]
+        assert got == list(range(count))
+        assert wait_child(pid) == 0
+        port.close()
+    else:
+        assert all(isinstance(o, PortClosed) for o in outcomes), {type(o) for o in outcomes}
+        os.kill(pid, signal.SIGKILL)
+        wait_child(pid)
+    go.close()
+    client.close()
+
+
+# -- also: closing a payload, closing a duplicate ------------------------------------------
+
+
+def test_message_close_gives_a_zero_copy_payload_back_at_once(no_fd_leak):
+    """A sender out of data room (here: allowed a single segment, holding five
+    payloads of 100 KB, all received and kept) proceeds as soon as the
+    receiver closes one of those messages — while it still holds the Message
+    and its payload object."""
+    from redstone_ipc.transport import layout
+
+    port = Port(capacity=16)
+    client = port.duplicate(SEND_RIGHTS)
+    size = 100 * 1024
+
+    def sender() -> None:
+        layout.MAX_SEGMENTS = 1  # (instead of sending gigabytes to reach the real limit)
+        for i in range(7):
+            client.send(Message(1, _payload(i, size)), timeout=None)
+
+    pid = fork_child(sender)
+    held = [port.recv(timeout=20) for _ in range(5)]  # the segment is full of them
+    payloads = [m.payload for m in held]  # references to the payloads, kept too
+    assert all(len(p) == size for p in payloads)
+    with pytest.raises(Empty):
+        port.recv(timeout=0.5)  # the sender waits for room
+    held[0].close()
+    with pytest.raises(ValueError):
+        payloads[0][0]  # released, though referenced
+    sixth = port.recv(timeout=20)
+    assert bytes(sixth) == _payload(5, size)
+    for msg in held[1:]:
+        msg.close()
+    sixth.close()
+    assert bytes(port.recv(timeout=20)) == _payload(6, size)
+    assert wait_child(pid) == 0
+    assert held[0].payload.nbytes == 0  # the Message itself is still here, emptied
+    client.close()
+    port.close()
+
+
+def test_closing_one_send_handle_wakes_its_own_senders_only(no_fd_leak):
+    """Closing a SEND handle that is not the process's last one (a duplicate)
+    wakes the threads blocked in send on that very handle (InvalidHandle);
+    those blocked on another handle to the same port go on waiting, then send."""
+    port = Port(capacity=1)
+    mine, other = port.duplicate(SEND_RIGHTS), port.duplicate(SEND_RIGHTS)
+    mine.send(Message(0))  # full
+    closed_threads, closed_results = run_threads(3, lambda: mine.send(Message(1), timeout=None))
+    other_threads, other_results = run_threads(2, lambda: other.send(Message(2), timeout=None))
+    wait_all_blocked(closed_threads + other_threads)
+    mine.close()
+    join_all(closed_threads)
+    assert len(closed_results) == 3 and all(isinstance(r, InvalidHandle) for r in closed_results)
+    wait_all_blocked(other_threads)  # still waiting for room
+    assert other_results == []
+    got = []
+    for _ in range(3):
+        got.append(port.recv(timeout=10).msg_type)  # room for one at a time
+    join_all(other_threads)
+    assert got == [0, 2, 2] and other_results == [None, None]
+    other.close()
+    port.close()
