@@ -482,6 +482,8 @@ class Inbox:
     def _serve_wanters_locked(self) -> None:
         """Give room to connections that wait for it, from wherever it is free."""
         for conn in list(self.wanters):
+            if conn not in self.wanters:  # served, or dropped, by a nested call meanwhile
+                continue
             if conn.closed:
                 self.wanters.remove(conn)
                 continue
@@ -496,6 +498,11 @@ class Inbox:
             give = min(self.pool, self._fair_share(), max(0, conn.nslots - conn.owed()))
             if give <= 0:
                 continue  # nothing free: it waits for the next message handed out
+            try:
+                conn.check_credits()  # no room for a sender that hides what it holds
+            except ProtocolError as e:
+                self._drop_locked(conn, L.CLOSED_PROTOCOL, e)
+                continue
             self.pool -= give
             conn.grant(give)
             self.wanters.remove(conn)
@@ -516,9 +523,7 @@ class Inbox:
             (c for c in self.conns.values() if c is not wanter and not c.closed),
             key=Inbound.credits_left, reverse=True,
         )
-        for conn in holders:
-            if conn.credits_left() <= 0:
-                break
+        for conn in holders:  # (all of them: reclaim also catches one that hides credits)
             try:
                 self.pool += conn.reclaim()
             except ProtocolError as e:

@@ -361,6 +361,7 @@ class Inbound:
         w = self._w[L.OFF_CREDITS >> 2]
         want = w - (1 << 32) if w & 0x8000_0000 else w
         if want <= 0:
+            self.check_credits(want)
             return 0
         old = _fetch_add(self._credits, (-want) & 0xFFFF_FFFF, _SEQ_CST)
         old = old - (1 << 32) if old & 0x8000_0000 else old
@@ -376,6 +377,20 @@ class Inbound:
         self.reclaimed += got
         self.allowed -= got
         return got
+
+    def check_credits(self, word: int | None = None) -> None:
+        """ProtocolError if the CREDITS word (``word``, read before) says the
+        sender holds fewer credits than it was allowed and did not publish:
+        one that forged it down would keep credits nobody can take back.
+        (A sender has at most one credit taken and not yet published.)"""
+        if word is None:
+            word = self.credits_left()
+        published = self._q[L.OFF_HEAD >> 3] if TSO else load_u64(self._head_ptr)  # (read after)
+        if word < self.allowed - published - 1:
+            raise ProtocolError(
+                f"the sender says it holds {word} credits, but {self.allowed - published} "
+                "it was allowed are unused"
+            )
 
     def credits_left(self) -> int:
         """The sender's unused credits as the shared word says now (signed; the
