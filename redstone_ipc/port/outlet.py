@@ -93,7 +93,7 @@ class Outlet:
         self.gone_text = gone_text
         self.lock = threading.Lock()
         self.conn: Outbound | None = None
-        self.kick = -1  # wakes this process's waiting senders (made on first wait)
+        self.kick = -1  # wakes this process's waiting senders (made by a wait, closed after)
         self.waiting = 0
         self.retired: list[Outbound] = []  # ended connections other threads still sleep on
         self.room_cond = Condition(self.lock)  # threads waiting for room behind the room leader
@@ -343,6 +343,9 @@ class Outlet:
             self.retired.clear()
             if self.dead:
                 self._close_locked()
+            elif self.kick >= 0:  # an idle handle holds no fd of its waits
+                os.close(self.kick)
+                self.kick = -1
 
     def _wake_all_locked(self) -> None:
         """Room may have come (or the end): every waiter of this process looks again."""

@@ -142,6 +142,7 @@ class ReceiveSide:
                 os.close(own)
                 raise
             self._own_fd = own
+            service.watch(self)  # a forked child's door is not heard yet: senders wait for room
             return self.inbox
 
     def try_activate(self) -> Inbox | None:

@@ -206,8 +206,9 @@ class SegmentReader:
         self.on_release = on_release  # the connection wants to know (a sender may wait)
 
     def check(self, offset: int, n: int) -> None:
-        """ProtocolError unless ``[offset, offset+n)`` lies in the data ring."""
-        if offset + n > self.size or n < 0:
+        """ProtocolError unless ``[offset, offset+n)`` lies in the data ring (and
+        starts in it: releasing it writes the tag of its first granule)."""
+        if offset + n > self.size or n < 0 or offset >= self.size:
             raise ProtocolError(
                 f"a payload of {n} bytes at offset {offset} overruns its "
                 f"{self.size}-byte data segment"
