@@ -102,6 +102,12 @@ class Hostile:
     def connect(self) -> None:
         """(Re)connect with one ordinary message; after a drop, the first send
         says so (ProtocolError), the next one connects again."""
+        if self.conn is not None and not self.conn.closed and self.conn._w[L.OFF_RX_CLOSED >> 2]:
+            # Dropped, but CREDITS it forged high stay positive after the
+            # receiver's poison, and a send's fast path trusts CREDITS alone
+            # (only this process's own messages can be lost that way): stop
+            # lying, so that the next send sees the close and connects again.
+            self.set_credits(-(2**30))
         for _ in range(2):  # (a connection it forged its way out of credits may get none)
             try:
                 self.port.send(Message(HOSTILE, b"hello"), timeout=0.5)
@@ -265,7 +271,8 @@ def attack_credits(h: Hostile) -> None:
             h.set_credits(-rng.randrange(1, 2**31))
             h.publish(_slot(size=4), take_credits=False)
         elif choice == 2:
-            h.publish(*(_slot(size=4) for _ in range(max(1, h.credits()))), take_credits=False)
+            h.publish(*(_slot(size=4) for _ in range(max(1, min(h.credits(), 2 * h.conn.nslots)))),
+                      take_credits=False)
         else:
             h.set_credits(1000)
         h.dropped(1.0)  # (some are only seen when room is taken back: keep going)
