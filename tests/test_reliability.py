@@ -712,7 +712,12 @@ def test_messages_with_handles_past_what_the_kernel_holds_wait_never_fail(no_fd_
     first = Baton()
 
     def sender() -> None:
-        queued = 0
+        # The first send connects: a new sender has no room before the
+        # receiver granted it some (a send with timeout=0 would only try).
+        msg = Message(1, struct.pack("<I", 0))
+        msg.attach_handle(FdHandle.adopt(os.eventfd(1)))
+        client.send(msg, timeout=20)
+        queued = 1
         while True:  # as many as the kernel takes while nobody reads
             msg = Message(1, struct.pack("<I", queued))
             msg.attach_handle(FdHandle.adopt(os.eventfd(queued + 1)))
