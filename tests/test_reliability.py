@@ -7,6 +7,7 @@ judge whatever data path Ports and Channels use underneath.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
 import os
@@ -40,6 +41,8 @@ from redstone_ipc import (
     SharedMemory,
 )
 from redstone_ipc.port import SEND_RIGHTS
+from redstone_ipc.port.outlet import RECONNECT_LIMIT
+from redstone_ipc.transport import layout as L
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -921,3 +924,118 @@ def test_closing_one_send_handle_wakes_its_own_senders_only(no_fd_leak):
     assert got == [0, 2, 2] and other_results == [None, None]
     other.close()
     port.close()
+
+
+# -- a receiver that keeps ending connections --------------------------------------
+
+
+def _raw_receiver_door(capacity: int = 4) -> tuple[socket.socket, Port]:
+    """A door whose receiving end this test reads by hand, and a SEND handle to it."""
+    from redstone_ipc import ObjectType, adopt_handle
+    from redstone_ipc.linux.cmsg import seqpacket_pair
+
+    mine, theirs = seqpacket_pair()
+    theirs.shutdown(socket.SHUT_RD)
+    client = adopt_handle(ObjectType.PORT, SEND_RIGHTS, capacity, [theirs.detach()], kind=Port)
+    return mine, client
+
+
+def _end_connections_by_hand(door: socket.socket, pid: int, hold: float) -> int:
+    """Take each CONNECT on ``door`` and end it without a word (reason 0, as a
+    receiving process that dies would), ``hold`` seconds after the sender said
+    it waits for room (its WANT); until process ``pid`` exits. Returns how
+    many connections it ended."""
+    pidfd = os.pidfd_open(pid)
+    live: dict[int, list[int]] = {}  # token -> that connection's fds
+    wanting: dict[int, float] = {}  # token -> when to end it
+    ended = 0
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            for token, when in list(wanting.items()):
+                if when <= now:
+                    del wanting[token]
+                    for fd in live.pop(token):
+                        os.close(fd)
+                    ended += 1
+            wait = min([when - now for when in wanting.values()] + [1.0])
+            ready, _, _ = select.select([door, pidfd], [], [], max(0.0, wait))
+            if pidfd in ready:
+                break
+            if door not in ready:
+                continue
+            data, anc, _, _ = door.recvmsg(64, 256)  # (room for the credentials too)
+            fds = [fd for level, kind, raw in anc if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+                   for fd in array.array("i", raw[:len(raw) - len(raw) % 4])]
+            _, _, kind, _, _, token = L.DOOR_RECORD.unpack_from(data)
+            if kind == L.DOOR_CONNECT:
+                live[token] = fds
+            else:
+                for fd in fds:
+                    os.close(fd)
+                if kind == L.DOOR_WANT and token in live:
+                    wanting.setdefault(token, time.monotonic() + hold)
+        else:
+            raise AssertionError("the sender never finished")
+    finally:
+        os.close(pidfd)
+        for fds in live.values():
+            for fd in fds:
+                os.close(fd)
+    return ended
+
+
+def test_a_receiver_that_keeps_ending_connections_makes_send_give_up(no_fd_leak):
+    """A receiver (here: by hand, in another process than the sender) that
+    ends every new connection without taking a message, while its door
+    lives, makes a blocking send reconnect a bounded number of times, then
+    fail with an IpcError that says so, instead of looping for ever."""
+    door, client = _raw_receiver_door()
+    result = Baton()
+
+    def sender() -> None:
+        door.close()
+        try:
+            client.send(Message(1, b"never taken"))  # timeout=None
+        except (SendTimedOut, QueueFull):
+            raise
+        except IpcError as e:
+            assert "giving up" in str(e), e
+            result.give(b"g")
+            return
+        result.give(b"s")
+
+    pid = fork_child(sender)
+    client.close()
+    try:
+        ended = _end_connections_by_hand(door, pid, hold=0.0)
+        assert wait_child(pid, 30) == 0
+        assert result.take() == b"g"
+        assert RECONNECT_LIMIT < ended <= RECONNECT_LIMIT + 2, ended
+    finally:
+        result.close()
+        door.close()
+
+
+def test_a_send_against_a_receiver_that_keeps_ending_connections_keeps_its_deadline(no_fd_leak):
+    """The same receiver, slower (each connection lives 50 ms after the
+    sender asked for room): a send with a timeout raises SendTimedOut on
+    time, whatever the reconnections."""
+    door, client = _raw_receiver_door()
+
+    def sender() -> None:
+        door.close()
+        start = time.monotonic()
+        with pytest.raises(SendTimedOut):
+            client.send(Message(1, b"never taken"), timeout=0.5)
+        assert time.monotonic() - start < 2.0
+
+    pid = fork_child(sender)
+    client.close()
+    try:
+        ended = _end_connections_by_hand(door, pid, hold=0.05)
+        assert wait_child(pid, 30) == 0
+        assert 1 <= ended < RECONNECT_LIMIT
+    finally:
+        door.close()
