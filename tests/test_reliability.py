@@ -966,6 +966,10 @@ def _end_connections_by_hand(door: socket.socket, pid: int, hold: float) -> int:
             if door not in ready:
                 continue
             data, anc, _, _ = door.recvmsg(64, 256)  # (room for the credentials too)
+            if not data:  # every sending end closed: the sender is gone
+                ready, _, _ = select.select([pidfd], [], [], 30)
+                assert ready, "the sender closed its door and never exited"
+                break
             fds = [fd for level, kind, raw in anc if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
                    for fd in array.array("i", raw[:len(raw) - len(raw) % 4])]
             _, _, kind, _, _, token = L.DOOR_RECORD.unpack_from(data)
@@ -1039,3 +1043,48 @@ def test_a_send_against_a_receiver_that_keeps_ending_connections_keeps_its_deadl
         assert 1 <= ended < RECONNECT_LIMIT
     finally:
         door.close()
+
+
+@pytest.mark.parametrize("how", ["send", "send_async"])
+def test_closing_the_port_wakes_a_sender_whose_connection_was_never_taken(no_fd_leak, how):
+    """A sender connects while the receiver cannot take connections (here:
+    it is out of fds, so the CONNECT waits at the door); the receiver then
+    closes the port. The sender, sleeping on a connection the receiver never
+    saw, gets PortClosed: it neither sleeps nor spins for ever (another
+    process still holding the door's receiving end keeps that record, and
+    the connection's other end in it, alive)."""
+    port = Port(capacity=1)
+    client = port.duplicate(SEND_RIGHTS)
+    ready, close_now = Baton(), Baton()
+
+    def receiver() -> None:
+        client.close()
+        with pytest.raises(Empty):
+            port.try_recv()  # receiving here from now on
+        taken = FdsTaken()
+        ready.give()
+        close_now.take()
+        port.close()
+        taken.give_back()
+
+    def sender() -> None:
+        start = time.monotonic()
+        with pytest.raises(PortClosed):
+            if how == "send":
+                client.send(Message(1), timeout=20)
+            else:
+                asyncio.run(client.send_async(Message(1), timeout=20))
+        assert time.monotonic() - start < 10
+
+    receiver_pid = fork_child(receiver)
+    ready.take()
+    sender_pid = fork_child(sender)
+    door = port._object.receive.door  # this process holds the door's receiving end too
+    assert select.select([door], [], [], 20)[0], "no CONNECT came"
+    close_now.give()
+    assert wait_child(receiver_pid, 30) == 0
+    assert wait_child(sender_pid, 30) == 0
+    for baton in (ready, close_now):
+        baton.close()
+    client.close()
+    port.close()

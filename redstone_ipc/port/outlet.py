@@ -330,6 +330,7 @@ class Outlet:
                 self._leave_wait_locked(conn)
                 raise
         alive = True
+        door_gone = False
         if leading:
             try:
                 full_fence()  # TX_WAITING before the last look at the room
@@ -344,7 +345,10 @@ class Outlet:
                     p.register(kick, _POLLIN)
                     if conn.socket_blocked == FDS_IN_FLIGHT:  # no event tells: look again soon
                         remaining = _IN_FLIGHT_POLL if remaining is None else min(remaining, _IN_FLIGHT_POLL)
-                    p.poll(None if remaining is None else remaining * 1000.0)
+                    door = self.door.fileno()
+                    for fd, events in p.poll(None if remaining is None else remaining * 1000.0):
+                        if fd == door and events & _HUP:
+                            door_gone = True
             finally:
                 with relocked(self.lock):
                     self.room_leader = False
@@ -357,9 +361,11 @@ class Outlet:
                 self._leave_wait_locked(conn)
         if handle._object is None or self.dead:
             raise InvalidHandle("the handle was closed in this process while it waited")
-        if not alive and conn is self.conn:
+        if (door_gone or not alive) and conn is self.conn:
+            # (The door hung up while our connection lives: a CONNECT nobody
+            # took, held at the door, keeps its other end open.)
             self._raise_if_gone(conn)
-            if conn is self.conn and not conn.closed_reason():
+            if not alive and conn is self.conn and not conn.closed_reason():
                 # Hung up without a word: the receiver died. Start over.
                 self._closed(conn)
 
