@@ -23,13 +23,14 @@ an old allocation was cleared again before the memory was handed out anew.
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import weakref
 from collections import deque
 from typing import Callable
 
-from ..errors import ProtocolError
+from ..errors import OutOfMemory, ProtocolError
 from ..linux import memfd
 from ..linux.memfd import buffer_address
 from ..linux.ordering import TSO, load_u8, store_u8
@@ -67,9 +68,19 @@ class SegmentWriter:
 
     def __init__(self, segment_id: int, data_size: int) -> None:
         total = L.segment_size(data_size)
-        fd = memfd.memfd_create("redstone-segment", total)  # size sealed
+        try:
+            fd = memfd.memfd_create("redstone-segment", total)  # size sealed
+        except OSError as e:
+            if e.errno in (errno.ENOMEM, errno.ENOSPC, errno.EFBIG):
+                raise OutOfMemory(f"the kernel refused a data segment of {total} bytes: {e.strerror}") from None
+            raise
         try:
             mm = mmap.mmap(fd, total, flags=mmap.MAP_SHARED)
+        except OSError as e:
+            os.close(fd)
+            if e.errno == errno.ENOMEM:
+                raise OutOfMemory(f"no address space for a data segment of {total} bytes") from None
+            raise
         except BaseException:
             os.close(fd)
             raise
