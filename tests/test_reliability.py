@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 import asyncio
 import errno
+import gc
 import os
 import resource
 import select
@@ -1086,5 +1087,39 @@ def test_closing_the_port_wakes_a_sender_whose_connection_was_never_taken(no_fd_
     assert wait_child(sender_pid, 30) == 0
     for baton in (ready, close_now):
         baton.close()
+    client.close()
+    port.close()
+
+
+def _segment_mappings() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if "memfd:redstone-segment" in line)
+
+
+def test_a_payload_kept_past_its_senders_end_unmaps_its_segment_when_released(no_fd_leak):
+    """The receiver keeps a zero-copy payload of a sender that then exits;
+    when the payload goes, its data segment is unmapped at once (not left
+    to a garbage collection that may never come: memory stays flat while
+    senders come and go)."""
+    port = Port(capacity=4)
+    client = port.duplicate(SEND_RIGHTS)
+    with pytest.raises(Empty):
+        port.try_recv()  # receiving here
+    before = _segment_mappings()
+    pid = fork_child(lambda: client.send(Message(1, bytes(200_000)), timeout=20))
+    msg = port.recv(timeout=20)
+    assert wait_child(pid, 20) == 0
+    with pytest.raises(Empty):
+        port.recv(timeout=0.2)  # (the hang-up is seen: the connection ends)
+    assert port.stats()["senders"] == 0
+    assert _segment_mappings() > before  # still mapped: the payload is alive
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        msg.close()
+        assert _segment_mappings() == before, "the segment stays mapped after its last payload"
+    finally:
+        if gc_was:
+            gc.enable()
     client.close()
     port.close()

@@ -178,7 +178,7 @@ class SegmentReader:
     """
 
     __slots__ = ("id", "mm", "size", "_data_start", "_tags", "_tag_base", "_views", "__weakref__",
-                 "on_release")
+                 "on_release", "dead")
 
     def __init__(self, fd: int, segment_id: int, on_release: Callable[[], None]) -> None:
         """Map a segment that arrived on a connection; ProtocolError if it is
@@ -215,6 +215,7 @@ class SegmentReader:
         self._tag_base = buffer_address(mm) + L.SEGMENT_HEADER
         self._views = 0  # zero-copy payloads still alive
         self.on_release = on_release  # the connection wants to know (a sender may wait)
+        self.dead = False  # closed while views were alive: the last one unmaps
 
     def check(self, offset: int, n: int) -> None:
         """ProtocolError unless ``[offset, offset+n)`` lies in the data ring (and
@@ -250,10 +251,16 @@ class SegmentReader:
     def close(self) -> bool:
         """Unmap, unless views are alive (then the last one unmaps); whether done."""
         if self._views:
+            self.dead = True
+            self.on_release = _nothing  # the connection is gone (and no cycle keeps it)
             return False
         self._tags.release()
         self.mm.close()
         return True
+
+
+def _nothing() -> None:
+    pass
 
 
 def _release_view(segment_ref: weakref.ref[SegmentReader], offset: int) -> None:
@@ -261,5 +268,9 @@ def _release_view(segment_ref: weakref.ref[SegmentReader], offset: int) -> None:
     if segment is None or segment.mm.closed:
         return
     segment._views -= 1
+    if segment.dead:
+        if not segment._views:
+            segment.close()  # the connection ended before this view: unmap now
+        return
     segment.release(offset)
     segment.on_release()
