@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 # installs with a plain .pth too.
 INSTALL := $(PY) -m pip install -q --config-settings editable_mode=compat -e
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench soak clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ lint: $(VENV)/.lint-installed
 bench: $(VENV)/.installed
 	$(INSTALL) '.[bench]'
 	$(PY) bench/run.py
+
+# The long reliability run (minutes, not in CI; docs/reliability.md): 8 sender
+# processes x 10^5 messages into one Port, a tenth with handles, random
+# SIGKILLs; every acknowledged message delivered once, in order; fds and
+# memory flat. SOAK_ARGS passes options (e.g. SOAK_ARGS="--seed 8").
+soak: $(VENV)/.installed
+	$(PY) tests/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache
