@@ -136,7 +136,7 @@ class Inbound:
 
     __slots__ = (
         "mm", "nslots", "_mask", "_w", "_q", "_head_ptr", "_credits", "sock", "doorbell",
-        "sender", "tail", "granted", "reclaimed", "segments", "closed", "dead_views",
+        "sender", "tail", "granted", "reclaimed", "segments", "closed",
         "freed", "idle", "active", "token", "allowed", "data_freed", "__weakref__",
     )
 
@@ -159,7 +159,6 @@ class Inbound:
         self.allowed = 0  # granted - reclaimed: messages it may have published in all
         self.segments: dict[int, SegmentReader] = {}
         self.closed = False
-        self.dead_views: list[SegmentReader] = []  # closed while views were alive
         # The receiver's bookkeeping (port.inbox):
         self.freed = 0  # credits freed by delivering its messages, not granted back yet
         self.idle = 0  # receives in a row that found nothing new on it
@@ -478,8 +477,10 @@ class Inbound:
         self.sock.close()
         os.close(self.doorbell)
         for segment in self.segments.values():
-            if not segment.close():
-                self.dead_views.append(segment)  # unmapped by its last view
+            # With payloads still viewed, the reader goes and the views hold
+            # the mapping: the last to go unmaps it (a reader kept here would
+            # keep it, and its fd, until a cyclic garbage collection).
+            segment.close()
         self.segments.clear()
         self._w.release()
         self._q.release()

@@ -178,7 +178,7 @@ class SegmentReader:
     """
 
     __slots__ = ("id", "mm", "size", "_data_start", "_tags", "_tag_base", "_views", "__weakref__",
-                 "on_release", "dead")
+                 "on_release")
 
     def __init__(self, fd: int, segment_id: int, on_release: Callable[[], None]) -> None:
         """Map a segment that arrived on a connection; ProtocolError if it is
@@ -215,7 +215,6 @@ class SegmentReader:
         self._tag_base = buffer_address(mm) + L.SEGMENT_HEADER
         self._views = 0  # zero-copy payloads still alive
         self.on_release = on_release  # the connection wants to know (a sender may wait)
-        self.dead = False  # closed while views were alive: the last one unmaps
 
     def check(self, offset: int, n: int) -> None:
         """ProtocolError unless ``[offset, offset+n)`` lies in the data ring (and
@@ -249,28 +248,20 @@ class SegmentReader:
             store_u8(_c_void_p(self._tag_base + g), L.TAG_RELEASED)
 
     def close(self) -> bool:
-        """Unmap, unless views are alive (then the last one unmaps); whether done."""
+        """Unmap, unless views are alive; whether done. With views alive, drop
+        this reader (nothing may keep it): each view holds the mapping
+        itself, and the last one to go unmaps it (the mmap's own dealloc)."""
         if self._views:
-            self.dead = True
-            self.on_release = _nothing  # the connection is gone (and no cycle keeps it)
             return False
         self._tags.release()
         self.mm.close()
         return True
 
 
-def _nothing() -> None:
-    pass
-
-
 def _release_view(segment_ref: weakref.ref[SegmentReader], offset: int) -> None:
     segment = segment_ref()
     if segment is None or segment.mm.closed:
-        return
+        return  # (its connection ended: nobody reads the tags any more)
     segment._views -= 1
-    if segment.dead:
-        if not segment._views:
-            segment.close()  # the connection ended before this view: unmap now
-        return
     segment.release(offset)
     segment.on_release()
