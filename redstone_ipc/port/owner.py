@@ -255,7 +255,10 @@ class ReceiveSide:
             except OSError:  # empty (or gone)
                 return
             if not data and not anc:
-                return  # (shut: the end of the queue reads as an empty record)
+                # Shut, the end of the queue reads as an empty record for
+                # ever; a record, even an empty one, brings its sender's
+                # credentials (SO_PASSCRED).
+                return
             for level, kind, raw in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     cmsg.close_fds([int.from_bytes(raw[i:i + 4], "little", signed=True)
