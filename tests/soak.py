@@ -177,6 +177,7 @@ def main() -> int:
     next_kill = kill_every
     warm_fds = warm_rss = 0
     warm_parts = ""
+    printed = 0
     peak_rss = 0
     kept: list[Message] = []  # a few payloads held a while (views into segments)
     last_report = time.monotonic()
@@ -210,7 +211,8 @@ def main() -> int:
         if not warm_fds and delivered >= total // 4:
             warm_fds, warm_rss = fds_now(), rss_now()
             warm_parts = rss_parts()
-        if delivered and delivered % (total // 8) == 0:
+        if delivered and delivered % (total // 8) == 0 and delivered != printed:
+            printed = delivered
             print(f"  RSS anon/file/shmem MiB at {delivered}: {rss_parts()}", flush=True)
         peak_rss = max(peak_rss, rss_now()) if delivered % 1000 == 0 else peak_rss
         if time.monotonic() - last_report > 10:
