@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 # its py.typed). tests/test_typing.py checks this.
 INSTALL := $(PY) -m pip install -q -e
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench soak clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ bench: $(VENV)/.installed
 	$(INSTALL) '.[bench,plot]' || for p in $(BENCH_PEERS); do \
 		$(PY) -m pip install -q $$p || echo "bench: $$p did not install; it will be skipped"; done
 	$(PY) -m redstone_ipc.benchmarks $(BENCH_ARGS)
+
+# The long reliability run (minutes, not in CI; docs/reliability.md): 8 sender
+# processes x 10^5 messages into one Port, a tenth with handles, random
+# SIGKILLs; every acknowledged message delivered once, in order; fds and
+# memory flat. SOAK_ARGS passes options (e.g. SOAK_ARGS="--seed 8").
+soak: $(VENV)/.installed
+	$(PY) tests/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

@@ -167,6 +167,7 @@ class OutOfFds(IpcError, OSError):
     """
 
     def __init__(self, needed: int, what: str = "a queued message's handles") -> None:
+        self.needed = needed
         super().__init__(
             errno.EMFILE,
             f"EMFILE: no room for the {needed} fds of {what} (the process is at its "

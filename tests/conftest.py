@@ -12,13 +12,25 @@ import pytest
 
 
 def open_fds() -> set[int]:
-    """The fds open in this process right now (the listing's own fd excluded)."""
+    """The fds open in this process right now (the listing's own fds excluded).
+
+    ``os.listdir(fd)`` lists through a dup of ``fd``, which it closes before
+    returning: the dup takes the lowest free number, which moves whenever
+    other fds come and go, so it is left out too (it is closed by now)."""
     gc.collect()
     fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return {int(name) for name in os.listdir(fd)} - {fd}
+        return {n for n in map(int, os.listdir(fd)) if n != fd and _is_open(n)}
     finally:
         os.close(fd)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 @pytest.fixture

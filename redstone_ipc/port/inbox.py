@@ -45,7 +45,11 @@ Faults
     come back, every other connection goes on, and the next receive raises
     ProtocolError naming the sender. A sender that dies is noticed by the
     hang-up of its socket: what it published is read, then its connection
-    closes and its credits come back.
+    closes and its credits come back. What needs fds this process does not
+    have (EMFILE) stays where it is — a CONNECT at the door, a message's
+    handles or a new data segment on its connection, a dead sender's last
+    messages — and the receive that meets it raises OutOfFds; WANTs, which
+    carry no fd, are still heard.
 
 Every method whose name ends in ``_locked`` runs with ``self.mutex`` held.
 """
@@ -68,7 +72,7 @@ from ..linux.ordering import TSO, full_fence
 from ..message.message import Message
 from ..sched.lock import Condition, acquire_deferring, relocked
 from ..transport import layout as L
-from ..transport.receiving import Inbound, accept, door_record, make_room
+from ..transport.receiving import MAPPING_FDS, Inbound, accept, door_record, make_room
 from . import service
 from .queue import PriorityQueue
 
@@ -425,7 +429,7 @@ class Inbox:
         if self.closed is not None:
             raise self.closed
         if self.errors:
-            raise self.errors.popleft()
+            self._raise_error_locked()
         entry = self._next_locked(txid)
         if entry is None and look_around:
             self._poll_events_locked()
@@ -448,7 +452,7 @@ class Inbox:
                 self._notify_locked()
             return msg
         if self.errors:
-            raise self.errors.popleft()
+            self._raise_error_locked()
         if self.door_eof and not self.conns and not self.queue and not self.replies:
             self._notify_locked()  # everyone waiting must hear it, not just us
             raise self.gone(self.gone_text)
@@ -564,6 +568,8 @@ class Inbox:
     def _serve_wanters_locked(self) -> None:
         """Give room to connections that wait for it, from wherever it is free."""
         for conn in list(self.wanters):
+            if conn not in self.wanters:  # served, or dropped, by a nested call meanwhile
+                continue
             if conn.closed:
                 self.wanters.remove(conn)
                 continue
@@ -575,6 +581,11 @@ class Inbox:
             # back one freed credit at a time asks for room at every send);
             # others' unused credits are taken back only when it has none.
             if left < share and (self.pool or left <= 0):
+                try:
+                    conn.check_credits(left)  # no room for a sender that hides what it holds
+                except ProtocolError as e:
+                    self._drop_locked(conn, L.CLOSED_PROTOCOL, e)
+                    continue
                 if not self.pool:
                     self._gather_locked(conn)
                 give = min(self.pool, share - max(0, left), max(0, conn.nslots - conn.owed()))
@@ -602,9 +613,7 @@ class Inbox:
             (c for c in self.conns.values() if c is not wanter and not c.closed),
             key=Inbound.credits_left, reverse=True,
         )
-        for conn in holders:
-            if conn.credits_left() <= 0:
-                break
+        for conn in holders:  # (all of them: reclaim also catches one that hides credits)
             try:
                 self.pool += conn.reclaim()
             except ProtocolError as e:
@@ -672,10 +681,11 @@ class Inbox:
         door = self.door
         while True:
             try:
-                make_room(L.CONNECT_FDS, self.kick)
+                make_room(L.CONNECT_FDS + MAPPING_FDS, self.kick, "a new sender's connection")
             except OutOfFds as e:
-                self.errors.append(e)
-                return
+                if self._door_kind_locked() != L.DOOR_WANT:  # a WANT needs no fd
+                    self._out_of_fds_locked(e)  # the record waits at the door
+                    return
             try:
                 data, anc, msg_flags, _ = door.recvmsg(64, _CONNECT_ANC, _RECV_FLAGS)
             except BlockingIOError:
@@ -717,6 +727,15 @@ class Inbox:
                 continue
             self._add_locked(conn)
 
+    def _door_kind_locked(self) -> int:
+        """The kind of the record at the door's head, peeked at without taking
+        it nor its fds (0 if there is none, or it is no door record)."""
+        try:
+            data = self.door.recv(L.DOOR_RECORD.size, socket.MSG_PEEK | _DONTWAIT)
+        except OSError:
+            return 0
+        return L.DOOR_RECORD.unpack(data)[2] if len(data) == L.DOOR_RECORD.size else 0
+
     def _add_locked(self, conn: Inbound) -> None:
         make_fd_room(max(conn.doorbell, conn.sock.fileno()))  # many clients: see linux.limits
         try:
@@ -757,11 +776,33 @@ class Inbox:
             n = conn.published()
             if n:
                 self._read_locked(conn, n)
-        except (ProtocolError, OutOfFds) as e:
-            if isinstance(e, ProtocolError):
-                self.errors.append(e)
+        except ProtocolError as e:
+            self.errors.append(e)
+        except OutOfFds as e:
+            # What it sent waits in the connection: keep it (its hang-up
+            # stays readable, so the next look tries again) and say why.
+            self._out_of_fds_locked(e)
+            return
         self._remove_locked(conn, L.CLOSED_PORT)
         self._notify_locked()
+
+    def _out_of_fds_locked(self, error: OutOfFds) -> None:
+        """Report EMFILE to a receive, once however often it is met meanwhile."""
+        if not any(isinstance(e, OutOfFds) for e in self.errors):
+            self.errors.append(error)
+
+    def _raise_error_locked(self) -> None:
+        """Raise the oldest error, unless it is an OutOfFds that no longer holds
+        (fds were freed since: the next look reads what waited for them)."""
+        error = self.errors.popleft()
+        if isinstance(error, OutOfFds):
+            try:
+                make_room(error.needed, self.kick)
+            except OutOfFds:
+                pass
+            else:
+                return
+        raise error
 
     def _drop_locked(self, conn: Inbound, reason: int, error: Exception) -> None:
         pid = conn.sender.pid

@@ -24,6 +24,13 @@ No room
     process, the sender runs the receiver's bookkeeping itself instead of
     waiting for it.
 
+Reconnecting
+    A connection the receiver ended because its process died (or because
+    the receive side moved) is made again, at once, within the send. A
+    receiver that keeps ending new connections before they carried anything
+    would make that a loop: one send gives up after ``RECONNECT_LIMIT`` such
+    reconnections (IpcError), and its deadline holds throughout.
+
 Every method whose name ends in ``_locked`` runs with ``self.lock`` held.
 """
 
@@ -65,6 +72,7 @@ _RX_STATE = L.OFF_RX_STATE >> 2
 _POLLOUT = select.POLLOUT
 _IN_FLIGHT_POLL = 0.01  # seconds between looks while the kernel refuses more fds in flight
 _HUP = select.POLLHUP | select.POLLERR
+RECONNECT_LIMIT = 32  # reconnections that carried nothing, within one send
 
 LOCAL_INBOXES: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
 """Kernel objects whose receive side is in this process, by the inode of their
@@ -93,7 +101,7 @@ class Outlet:
         self.gone_text = gone_text
         self.lock = threading.Lock()
         self.conn: Outbound | None = None
-        self.kick = -1  # wakes this process's waiting senders (made on first wait)
+        self.kick = -1  # wakes this process's waiting senders (made by a wait, closed after)
         self.waiting = 0
         self.retired: list[Outbound] = []  # ended connections other threads still sleep on
         self.room_cond = Condition(self.lock)  # threads waiting for room behind the room leader
@@ -101,6 +109,7 @@ class Outlet:
         self._async: dict[tuple[asyncio.AbstractEventLoop, Outbound], list[asyncio.Future[None]]] = {}
         self._writing: set[tuple[asyncio.AbstractEventLoop, Outbound]] = set()  # loops watching POLLOUT
         self.dead = False
+        self.empty_reconnects = 0  # connections ended before carrying anything, ever
         _LIVE.add(self)
 
     # -- sending -----------------------------------------------------------------
@@ -130,7 +139,9 @@ class Outlet:
     def _send_slow(self, msg: Message, priority: int, timeout: float | None,
                    handle: Handle) -> None:
         deadline = None
+        reconnects = self.empty_reconnects
         while True:
+            self._check_reconnects(reconnects)
             try:
                 with self.lock:
                     conn = self.conn
@@ -147,11 +158,12 @@ class Outlet:
                     full_fence()
                 conn.ring_if_asleep()
                 return
-            if status == CLOSED:
-                self._closed(conn)
-                continue
             if deadline is None and timeout is not None:
                 deadline = _now() + timeout
+            if status == CLOSED:
+                self._closed(conn)
+                self._check_deadline(timeout, deadline)
+                continue
             if self._room_here(conn):
                 continue
             if timeout is not None and _now() >= deadline:  # type: ignore[operator]
@@ -244,6 +256,8 @@ class Outlet:
         with self.lock:
             if self.conn is conn:
                 self.conn = None
+                if not conn.published():
+                    self.empty_reconnects += 1
                 if self.waiting:  # other threads sleep on its socket: the last one closes it
                     self.retired.append(conn)
                 else:
@@ -257,6 +271,26 @@ class Outlet:
         if reason == 0 and not self._door_gone():
             return  # the receiving process died; the door lives on elsewhere
         raise self.gone(self.gone_text)
+
+    def _check_reconnects(self, before: int) -> None:
+        """IpcError if the receiver ended too many new connections (that
+        carried nothing) since a send that saw ``before`` began."""
+        ended = self.empty_reconnects - before
+        if ended > RECONNECT_LIMIT:
+            raise IpcError(
+                f"the receiver ended {ended} connections of this sender during one send, each "
+                "before it carried a message: giving up (the receiving process keeps dying, "
+                "or does not take senders)"
+            )
+
+    def _check_deadline(self, timeout: float | None, deadline: float | None) -> None:
+        """After a reconnection: the send's time may be up. (``timeout=0``
+        tries the new connection once more: it may have room at once when the
+        receive side is in this process; RECONNECT_LIMIT bounds its tries.)"""
+        if timeout and deadline is not None and _now() >= deadline:
+            raise SendTimedOut(
+                "no room: the receiver ended this sender's connection and has not taken a new one yet"
+            )
 
     def _door_gone(self) -> bool:
         p = select.poll()
@@ -298,6 +332,7 @@ class Outlet:
                 self._leave_wait_locked(conn)
                 raise
         alive = True
+        door_gone = False
         if leading:
             try:
                 full_fence()  # TX_WAITING before the last look at the room
@@ -312,7 +347,10 @@ class Outlet:
                     p.register(kick, _POLLIN)
                     if conn.socket_blocked == FDS_IN_FLIGHT:  # no event tells: look again soon
                         remaining = _IN_FLIGHT_POLL if remaining is None else min(remaining, _IN_FLIGHT_POLL)
-                    p.poll(None if remaining is None else remaining * 1000.0)
+                    door = self.door.fileno()
+                    for fd, events in p.poll(None if remaining is None else remaining * 1000.0):
+                        if fd == door and events & _HUP:
+                            door_gone = True
             finally:
                 with relocked(self.lock):
                     self.room_leader = False
@@ -325,9 +363,11 @@ class Outlet:
                 self._leave_wait_locked(conn)
         if handle._object is None or self.dead:
             raise InvalidHandle("the handle was closed in this process while it waited")
-        if not alive and conn is self.conn:
+        if (door_gone or not alive) and conn is self.conn:
+            # (The door hung up while our connection lives: a CONNECT nobody
+            # took, held at the door, keeps its other end open.)
             self._raise_if_gone(conn)
-            if conn is self.conn and not conn.closed_reason():
+            if not alive and conn is self.conn and not conn.closed_reason():
                 # Hung up without a word: the receiver died. Start over.
                 self._closed(conn)
 
@@ -345,6 +385,9 @@ class Outlet:
             self.retired.clear()
             if self.dead:
                 self._close_locked()
+            elif self.kick >= 0:  # an idle handle holds no fd of its waits
+                os.close(self.kick)
+                self.kick = -1
 
     def _wake_all_locked(self) -> None:
         """Room may have come (or the end): every waiter of this process looks again."""
@@ -360,7 +403,9 @@ class Outlet:
         """``send`` for asyncio: waits for room in the event loop, no thread."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else _now() + timeout
+        reconnects = self.empty_reconnects
         while True:
+            self._check_reconnects(reconnects)
             try:
                 self.send(msg, priority, 0, handle)
                 return
@@ -471,7 +516,9 @@ class Outlet:
         """A loan of ``size`` bytes; waits (as ``send`` does) while the data
         segments are full of payloads the receiver keeps."""
         deadline = None
+        reconnects = self.empty_reconnects
         while True:
+            self._check_reconnects(reconnects)
             try:
                 with self.lock:
                     conn = self.conn
@@ -485,11 +532,12 @@ class Outlet:
                 continue
             if got.__class__ is Loan:
                 return got  # type: ignore[return-value]
-            if got == CLOSED:
-                self._closed(conn)
-                continue
             if deadline is None and timeout is not None:
                 deadline = _now() + timeout
+            if got == CLOSED:
+                self._closed(conn)
+                self._check_deadline(timeout, deadline)
+                continue
             if timeout is not None and _now() >= deadline:  # type: ignore[operator]
                 self._raise_if_gone(conn)
                 if timeout == 0:
@@ -540,6 +588,7 @@ class Outlet:
         self._async = {}
         self._writing = set()
         self.waiting = 0
+        self.empty_reconnects = 0
         for old in self.retired:
             old.close()
         self.retired.clear()

@@ -61,6 +61,7 @@ from .inbox import Inbox
 __all__ = ["ReceiveSide", "new_lock"]
 
 _LIVE: "weakref.WeakSet[ReceiveSide]" = weakref.WeakSet()
+_CONNECT_ANC = socket.CMSG_SPACE(4 * 253) + socket.CMSG_SPACE(cmsg.CRED.size)  # any record's fds
 _CREDS_ONLY = socket.CMSG_SPACE(cmsg.CRED.size)  # a peek reads who sent, never the fds
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _forks = 0  # forks made by, or leading to, this process
@@ -142,6 +143,7 @@ class ReceiveSide:
                 os.close(own)
                 raise
             self._own_fd = own
+            service.watch(self)  # a forked child's door is not heard yet: senders wait for room
             return self.inbox
 
     def try_activate(self) -> Inbox | None:
@@ -233,10 +235,34 @@ class ReceiveSide:
         if inbox is not None:
             with inbox.mutex:
                 dropped = inbox.shut_locked(self.gone("the port was closed"), L.CLOSED_PORT)
+                self._refuse_waiting_connections()
+        else:
+            self._refuse_waiting_connections()
         self._unlock()
         if self.on_shut is not None:
             self.on_shut()
         return dropped
+
+    def _refuse_waiting_connections(self) -> None:
+        """Close the fds of the records still at the (shut) door: a sender
+        whose CONNECT nobody took sleeps on its connection socket, whose
+        other end is in that record; while the record is there (other
+        processes may hold the door's receiving end: its queue lives on) it
+        would never see the end."""
+        while True:
+            try:
+                data, anc, _, _ = self.door.recvmsg(L.DOOR_RECORD.size, _CONNECT_ANC, socket.MSG_DONTWAIT)
+            except OSError:  # empty (or gone)
+                return
+            if not data and not anc:
+                # Shut, the end of the queue reads as an empty record for
+                # ever; a record, even an empty one, brings its sender's
+                # credentials (SO_PASSCRED).
+                return
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    cmsg.close_fds([int.from_bytes(raw[i:i + 4], "little", signed=True)
+                                    for i in range(0, len(raw) - len(raw) % 4, 4)])
 
     def _unlock(self) -> None:
         if self._own_fd >= 0:

@@ -50,7 +50,9 @@ def watch(side: Any) -> None:
             _sides[fd] = side
             return
         _sides[fd] = side
-        _epoll.register(fd, select.EPOLLIN)
+        # Edge-triggered: a record the receive side cannot read yet (out of
+        # fds) must not wake this thread again until another one comes.
+        _epoll.register(fd, select.EPOLLIN | select.EPOLLET)
         if _thread is None:
             _thread = threading.Thread(target=_serve, args=(_epoll,), name="redstone-ipc-doors",
                                        daemon=True)

@@ -38,7 +38,12 @@ from ..message.message import COPY_LIMIT, Message, Sender
 from . import layout as L
 from .segments import SegmentReader
 
-__all__ = ["Inbound", "accept", "door_record", "make_room"]
+__all__ = ["Inbound", "accept", "door_record", "make_room", "MAPPING_FDS"]
+
+MAPPING_FDS = 1
+"""Fds a mapping holds: ``mmap.mmap`` keeps a dup of the fd it maps (Python
+3.13's ``trackfd=False`` aside), so mapping a ring or a segment that just
+arrived takes one fd more than the record brought."""
 
 _SEQ_CST = 5
 _c_void_p = ctypes.c_void_p
@@ -131,7 +136,7 @@ class Inbound:
 
     __slots__ = (
         "mm", "nslots", "_mask", "_w", "_q", "_head_ptr", "_credits", "sock", "doorbell",
-        "sender", "tail", "granted", "reclaimed", "segments", "closed", "dead_views",
+        "sender", "tail", "granted", "reclaimed", "segments", "closed",
         "freed", "idle", "active", "token", "allowed", "data_freed", "__weakref__",
     )
 
@@ -154,13 +159,12 @@ class Inbound:
         self.allowed = 0  # granted - reclaimed: messages it may have published in all
         self.segments: dict[int, SegmentReader] = {}
         self.closed = False
-        self.dead_views: list[SegmentReader] = []  # closed while views were alive
         # The receiver's bookkeeping (port.inbox):
         self.freed = 0  # credits freed by delivering its messages, not granted back yet
         self.idle = 0  # receives in a row that found nothing new on it
         self.active = False  # polled without a doorbell (RX_SLEEPING clear while awake)
         self.token = 0  # names the connection in the sender's door records
-        self.data_freed = False  # a payload was copied out of a data segment (released)
+        self.data_freed = False  # room freed for the sender: a payload copied out, a record read
 
     # -- reading ---------------------------------------------------------------
 
@@ -269,39 +273,33 @@ class Inbound:
         segment = self.segments.get(seg_id)
         if segment is not None:
             return segment
-        # Not seen yet: its record must be on the socket now, possibly behind
-        # segments announced for messages that then failed (``_add_segment``).
-        for _ in range(L.MAX_SEGMENTS + 1):
+        # Not seen yet: its record is the next one on the socket (after those
+        # of segments announced by sends that failed then, if any).
+        while seg_id not in self.segments:
+            make_room(1 + MAPPING_FDS, self.doorbell, "a data segment")  # (lost at EMFILE)
             data, fds = self._next_record(1)
-            if self._add_segment(data, fds, seg_id) == seg_id:
-                return self.segments[seg_id]
-        raise ProtocolError(f"data segment {seg_id} was used but never announced")
+            if not _is_segment_record(data):
+                cmsg.close_fds(fds)
+                raise ProtocolError(f"a slot uses data segment {seg_id}, which was never announced")
+            self._adopt_segment(data, fds)
+        return self.segments[seg_id]
 
-    def _add_segment(self, data: bytes, fds: list[int], used: int) -> int:
-        """Register the segment a REC_SEGMENT record announces (its fd closed
-        here in every case); its id. ProtocolError if the record is not one.
-
-        A REC_SEGMENT may come before any record: a sender announces a new
-        segment before it writes the payload, and the message may then fail
-        (its handles refused) and never be published, leaving the
-        announcement in front of the next message's records.
-        """
+    def _adopt_segment(self, data: bytes, fds: list[int]) -> None:
+        """Map the segment a REC_SEGMENT record announces (closing its fds)."""
         try:
-            kind, new_id = L.SEGMENT_RECORD.unpack(data) if len(data) == L.SEGMENT_RECORD.size else (0, 0)
-            if kind != L.REC_SEGMENT:
-                raise ProtocolError(f"a slot uses data segment {used}, which was never announced")
+            _, new_id = L.SEGMENT_RECORD.unpack(data)
             if len(fds) != 1:
-                raise ProtocolError(f"data segment {new_id} was announced with {len(fds)} fds, not 1")
+                raise ProtocolError(f"a data segment's record carries {len(fds)} fds")
             if new_id in self.segments:
                 raise ProtocolError(f"data segment {new_id} was announced twice")
             if len(self.segments) >= L.MAX_SEGMENTS:
                 self._drop_idle_segments()
                 if len(self.segments) >= L.MAX_SEGMENTS:
                     raise ProtocolError(f"more than {L.MAX_SEGMENTS} data segments")
-            self.segments[new_id] = SegmentReader(fds[0], new_id, self._payload_released)
+            segment = SegmentReader(fds[0], new_id, self._payload_released)
         finally:
             cmsg.close_fds(fds)
-        return int(new_id)
+        self.segments[new_id] = segment
 
     def _drop_idle_segments(self) -> None:
         """Forget segments the sender retired (no view of ours left in them)."""
@@ -311,15 +309,14 @@ class Inbound:
                 segment.close()
 
     def _read_handles(self, handle_count: int, fd_count: int) -> list[Handle]:
-        for _ in range(L.MAX_SEGMENTS + 1):
-            if fd_count:
-                make_room(fd_count, self.doorbell)
+        # (room for a segment's record too: a send that failed after
+        # announcing a new segment leaves it before this one)
+        make_room(max(fd_count, 1 + MAPPING_FDS), self.doorbell)
+        data, fds = self._next_record(fd_count)
+        while _is_segment_record(data):
+            self._adopt_segment(data, fds)
+            make_room(max(fd_count, 1 + MAPPING_FDS), self.doorbell)
             data, fds = self._next_record(fd_count)
-            if len(data) != L.SEGMENT_RECORD.size or L.RECORD_KIND.unpack_from(data)[0] != L.REC_SEGMENT:
-                break
-            self._add_segment(data, fds, 0)  # announced by a message that failed (see there)
-        else:
-            raise ProtocolError("a slot with handles found only data segments announced before it")
         try:
             kind, count = L.HANDLES_HEAD.unpack_from(data) if len(data) >= L.HANDLES_HEAD.size else (0, 0)
             if kind != L.REC_HANDLES or count != handle_count:
@@ -362,6 +359,7 @@ class Inbound:
             raise ProtocolError(f"a record lost {lost} on the way")
         if not data and not fds:
             raise ProtocolError("the sender hung up before sending a slot's record")
+        self.data_freed = True  # room on the socket: a sender may wait for it
         return data, fds
 
     # -- credits ---------------------------------------------------------------
@@ -381,6 +379,7 @@ class Inbound:
         w = self._w[L.OFF_CREDITS >> 2]
         want = w - (1 << 32) if w & 0x8000_0000 else w
         if want <= 0:
+            self.check_credits(want)
             return 0
         old = _fetch_add(self._credits, (-want) & 0xFFFF_FFFF, _SEQ_CST)
         old = old - (1 << 32) if old & 0x8000_0000 else old
@@ -396,6 +395,20 @@ class Inbound:
         self.reclaimed += got
         self.allowed -= got
         return got
+
+    def check_credits(self, word: int | None = None) -> None:
+        """ProtocolError if the CREDITS word (``word``, read before) says the
+        sender holds fewer credits than it was allowed and did not publish:
+        one that forged it down would keep credits nobody can take back.
+        (A sender has at most one credit taken and not yet published.)"""
+        if word is None:
+            word = self.credits_left()
+        published = self._q[L.OFF_HEAD >> 3] if TSO else load_u64(self._head_ptr)  # (read after)
+        if word < self.allowed - published - 1:
+            raise ProtocolError(
+                f"the sender says it holds {word} credits, but {self.allowed - published} "
+                "it was allowed are unused"
+            )
 
     def credits_left(self) -> int:
         """The sender's unused credits as the shared word says now (signed; the
@@ -464,15 +477,21 @@ class Inbound:
         self.sock.close()
         os.close(self.doorbell)
         for segment in self.segments.values():
-            if not segment.close():
-                self.dead_views.append(segment)  # unmapped by its last view
+            # With payloads still viewed, the reader goes and the views hold
+            # the mapping: the last to go unmaps it (a reader kept here would
+            # keep it, and its fd, until a cyclic garbage collection).
+            segment.close()
         self.segments.clear()
         self._w.release()
         self._q.release()
         self.mm.close()
 
 
-def make_room(fd_count: int, any_fd: int) -> None:
+def _is_segment_record(data: bytes) -> bool:
+    return len(data) == L.SEGMENT_RECORD.size and L.RECORD_KIND.unpack_from(data)[0] == L.REC_SEGMENT
+
+
+def make_room(fd_count: int, any_fd: int, what: str = "a queued message's handles") -> None:
     """OutOfFds unless ``fd_count`` fds can be opened right now.
 
     The kernel drops the fds of a record it cannot install (EMFILE) and they
@@ -485,7 +504,7 @@ def make_room(fd_count: int, any_fd: int) -> None:
             probes.append(os.dup(any_fd))
     except OSError as e:
         if e.errno in (errno.EMFILE, errno.ENFILE):
-            raise OutOfFds(fd_count) from None
+            raise OutOfFds(fd_count, what) from None
         raise
     finally:
         cmsg.close_fds(probes)

@@ -23,13 +23,14 @@ an old allocation was cleared again before the memory was handed out anew.
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import weakref
 from collections import deque
 from typing import Callable
 
-from ..errors import ProtocolError
+from ..errors import OutOfMemory, ProtocolError
 from ..linux import memfd
 from ..linux.memfd import buffer_address
 from ..linux.ordering import TSO, load_u8, store_u8
@@ -67,9 +68,19 @@ class SegmentWriter:
 
     def __init__(self, segment_id: int, data_size: int) -> None:
         total = L.segment_size(data_size)
-        fd = memfd.memfd_create("redstone-segment", total)  # size sealed
+        try:
+            fd = memfd.memfd_create("redstone-segment", total)  # size sealed
+        except OSError as e:
+            if e.errno in (errno.ENOMEM, errno.ENOSPC, errno.EFBIG):
+                raise OutOfMemory(f"the kernel refused a data segment of {total} bytes: {e.strerror}") from None
+            raise
         try:
             mm = mmap.mmap(fd, total, flags=mmap.MAP_SHARED)
+        except OSError as e:
+            os.close(fd)
+            if e.errno == errno.ENOMEM:
+                raise OutOfMemory(f"no address space for a data segment of {total} bytes") from None
+            raise
         except BaseException:
             os.close(fd)
             raise
@@ -206,8 +217,9 @@ class SegmentReader:
         self.on_release = on_release  # the connection wants to know (a sender may wait)
 
     def check(self, offset: int, n: int) -> None:
-        """ProtocolError unless ``[offset, offset+n)`` lies in the data ring."""
-        if offset + n > self.size or n < 0:
+        """ProtocolError unless ``[offset, offset+n)`` lies in the data ring (and
+        starts in it: releasing it writes the tag of its first granule)."""
+        if offset + n > self.size or n < 0 or offset >= self.size:
             raise ProtocolError(
                 f"a payload of {n} bytes at offset {offset} overruns its "
                 f"{self.size}-byte data segment"
@@ -236,7 +248,9 @@ class SegmentReader:
             store_u8(_c_void_p(self._tag_base + g), L.TAG_RELEASED)
 
     def close(self) -> bool:
-        """Unmap, unless views are alive (then the last one unmaps); whether done."""
+        """Unmap, unless views are alive; whether done. With views alive, drop
+        this reader (nothing may keep it): each view holds the mapping
+        itself, and the last one to go unmaps it (the mmap's own dealloc)."""
         if self._views:
             return False
         self._tags.release()
@@ -247,7 +261,7 @@ class SegmentReader:
 def _release_view(segment_ref: weakref.ref[SegmentReader], offset: int) -> None:
     segment = segment_ref()
     if segment is None or segment.mm.closed:
-        return
+        return  # (its connection ended: nobody reads the tags any more)
     segment._views -= 1
     segment.release(offset)
     segment.on_release()

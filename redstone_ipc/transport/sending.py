@@ -260,6 +260,10 @@ class Outbound:
             payload.release()  # type: ignore[attr-defined]  # the receiver reads it now: no more writes
         return SENT
 
+    def published(self) -> int:
+        """Messages published on this connection so far."""
+        return self._head
+
     def ring_if_asleep(self) -> None:
         """After a full fence: write the doorbell if the receiver said it sleeps."""
         if self._w[_RX_STATE]:
