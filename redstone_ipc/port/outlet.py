@@ -44,7 +44,7 @@ import socket
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..core.object import Handle
 from ..errors import InvalidHandle, IpcError, ProtocolError, QueueFull, SendTimedOut
@@ -138,6 +138,25 @@ class Outlet:
 
     def _send_slow(self, msg: Message, priority: int, timeout: float | None,
                    handle: Handle) -> None:
+        def attempt(conn: Outbound) -> int:
+            return conn.try_send(msg._payload, msg.msg_type, priority, msg.txid, msg.handles)
+
+        conn, _ = self._until_done(attempt, timeout, handle, credit=True)
+        if not TSO:
+            full_fence()
+        conn.ring_if_asleep()
+
+    def _until_done(self, attempt: Callable[[Outbound], Any], timeout: float | None,
+                    handle: Handle, credit: bool) -> tuple[Outbound, Any]:
+        """Run ``attempt`` on this process's connection (made first if need be)
+        until it gives something other than a refusal (a status other than
+        SENT); the connection and that result.
+
+        Meanwhile: waits while the receiver's door is full; connects again
+        after the receiver ended the connection (RECONNECT_LIMIT times at
+        most); waits for room (``credit``: for a credit too, asked for).
+        When ``timeout`` runs out: QueueFull at 0, SendTimedOut otherwise.
+        """
         deadline = None
         reconnects = self.empty_reconnects
         while True:
@@ -147,33 +166,30 @@ class Outlet:
                     conn = self.conn
                     if conn is None:
                         conn = self._connect_locked()
-                    status = conn.try_send(msg._payload, msg.msg_type, priority, msg.txid, msg.handles)
+                    got = attempt(conn)
             except _DoorFull as e:
                 if deadline is None and timeout is not None:
                     deadline = _now() + timeout
                 self._wait_door(e, timeout, deadline)
                 continue
-            if status == SENT:
-                if not TSO:
-                    full_fence()
-                conn.ring_if_asleep()
-                return
+            if got.__class__ is not int or got == SENT:
+                return conn, got
             if deadline is None and timeout is not None:
                 deadline = _now() + timeout
-            if status == CLOSED:
+            if got == CLOSED:
                 self._closed(conn)
                 self._check_deadline(timeout, deadline)
                 continue
-            if self._room_here(conn):
+            if credit and self._room_here(conn):
                 continue
             if timeout is not None and _now() >= deadline:  # type: ignore[operator]
                 self._raise_if_gone(conn)
-                if status == NO_CREDIT and conn.credits() <= 0:
+                if got == NO_CREDIT and conn.credits() <= 0:
                     self._ask_for_room(conn)  # so that room is granted for a later send
                 if timeout == 0:
-                    raise QueueFull(self._full_text(status))
-                raise SendTimedOut(self._full_text(status))
-            self._wait_room(conn, deadline, handle)
+                    raise QueueFull(self._full_text(got))
+                raise SendTimedOut(self._full_text(got))
+            self._wait_room(conn, deadline, handle, credit)
 
     def _full_text(self, status: int) -> str:
         if status == NO_CREDIT:
@@ -514,36 +530,10 @@ class Outlet:
 
     def loan(self, size: int, timeout: float | None, handle: Handle) -> Loan:
         """A loan of ``size`` bytes; waits (as ``send`` does) while the data
-        segments are full of payloads the receiver keeps."""
-        deadline = None
-        reconnects = self.empty_reconnects
-        while True:
-            self._check_reconnects(reconnects)
-            try:
-                with self.lock:
-                    conn = self.conn
-                    if conn is None:
-                        conn = self._connect_locked()
-                    got = conn.try_loan(size)
-            except _DoorFull as e:
-                if deadline is None and timeout is not None:
-                    deadline = _now() + timeout
-                self._wait_door(e, timeout, deadline)
-                continue
-            if got.__class__ is Loan:
-                return got  # type: ignore[return-value]
-            if deadline is None and timeout is not None:
-                deadline = _now() + timeout
-            if got == CLOSED:
-                self._closed(conn)
-                self._check_deadline(timeout, deadline)
-                continue
-            if timeout is not None and _now() >= deadline:  # type: ignore[operator]
-                self._raise_if_gone(conn)
-                if timeout == 0:
-                    raise QueueFull(self._full_text(got))  # type: ignore[arg-type]
-                raise SendTimedOut(self._full_text(got))  # type: ignore[arg-type]
-            self._wait_room(conn, deadline, handle, credit=False)
+        segments are full of payloads the receiver keeps. It takes no credit
+        (the send does)."""
+        _, loan = self._until_done(lambda conn: conn.try_loan(size), timeout, handle, credit=False)
+        return loan  # type: ignore[no-any-return]
 
     # -- lifecycle ---------------------------------------------------------------
 
