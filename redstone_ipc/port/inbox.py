@@ -437,7 +437,8 @@ class Inbox:
         if entry is not None:
             msg, conn = entry
             self.queued -= 1
-            # _handed_out_locked, inlined: this path is hot
+            # Its credit is free (pool, or back to its connection in batches);
+            # written out in each taking path: they are hot.
             self.handed += 1
             if conn is None or conn.closed:
                 self.pool += 1
@@ -526,18 +527,6 @@ class Inbox:
         full_fence()  # the tag stores before the TX_WAITING load (StoreLoad, even on x86)
         if conn.tx_waiting():
             conn.wake_sender()
-
-    def _handed_out_locked(self, conn: Inbound | None) -> None:
-        """A message left the inbox: its credit is free."""
-        self.handed += 1
-        if conn is None or conn.closed:
-            self.pool += 1
-        else:
-            conn.freed += 1
-            if conn.freed >= self.batch:
-                self._flush_locked(conn)
-        if self.wanters:
-            self._serve_wanters_locked()
 
     # -- credits ---------------------------------------------------------------
 

@@ -128,7 +128,11 @@ u32 nslots, u32 reserved, u64 token):
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import struct
+
+from ..linux.memfd import buffer_address
 
 VERSION = 1
 RING_MAGIC = 0x47525352  # b"RSRG"
@@ -225,3 +229,13 @@ def tags_size(data_size: int) -> int:
 def segment_size(data_size: int) -> int:
     """Bytes of a segment memfd holding ``data_size`` bytes of data."""
     return SEGMENT_HEADER + tags_size(data_size) + data_size
+
+
+def control_views(mm: mmap.mmap) -> tuple[memoryview, memoryview, ctypes.c_void_p, ctypes.c_void_p]:
+    """A mapped ring's control block as both sides use it: its u32 words, its
+    u64 words, and the addresses of HEAD and CREDITS (for ordered and atomic
+    access through ``linux.ordering`` / ``linux.atomic``)."""
+    words = memoryview(mm)[:CONTROL_SIZE]
+    base = buffer_address(mm)
+    return (words.cast("I"), words.cast("Q"),
+            ctypes.c_void_p(base + OFF_HEAD), ctypes.c_void_p(base + OFF_CREDITS))

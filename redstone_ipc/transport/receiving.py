@@ -21,7 +21,6 @@ Mechanism only: ``port.inbox`` decides when to read, grant and wake.
 from __future__ import annotations
 
 import array
-import ctypes
 import errno
 import mmap
 import os
@@ -31,7 +30,6 @@ from ..core.object import Handle
 from ..errors import OutOfFds, ProtocolError
 from ..linux import cmsg, eventfd, memfd
 from ..linux.atomic import _fetch_add
-from ..linux.memfd import buffer_address
 from ..linux.ordering import TSO, full_fence, load_u64
 from ..message import wire
 from ..message.message import COPY_LIMIT, Message, Sender
@@ -46,7 +44,6 @@ MAPPING_FDS = 1
 arrived takes one fd more than the record brought."""
 
 _SEQ_CST = 5
-_c_void_p = ctypes.c_void_p
 _DONTWAIT = int(socket.MSG_DONTWAIT)
 _RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC) | _DONTWAIT
 _SOL_SOCKET = int(socket.SOL_SOCKET)
@@ -145,11 +142,7 @@ class Inbound:
         self.mm = mm
         self.nslots = nslots
         self._mask = nslots - 1
-        self._w = memoryview(mm)[:L.CONTROL_SIZE].cast("I")
-        self._q = memoryview(mm)[:L.CONTROL_SIZE].cast("Q")
-        base = buffer_address(mm)
-        self._head_ptr = _c_void_p(base + L.OFF_HEAD)
-        self._credits = _c_void_p(base + L.OFF_CREDITS)
+        self._w, self._q, self._head_ptr, self._credits = L.control_views(mm)
         self.sock = sock
         self.doorbell = doorbell
         self.sender = sender

@@ -22,7 +22,6 @@ time call ``try_send``).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import mmap
 import os
@@ -34,7 +33,6 @@ from ..core.object import HANDLE_TABLE, Handle, KernelObject, Rights
 from ..errors import MessageTooLarge
 from ..linux import cmsg, eventfd, memfd
 from ..linux.atomic import _fetch_add
-from ..linux.memfd import buffer_address
 from ..linux.ordering import TSO, store_u64
 from ..message import wire
 from . import layout as L
@@ -55,7 +53,6 @@ FDS_IN_FLIGHT = 2  # ETOOMANYREFS: this user has RLIMIT_NOFILE fds in sockets, u
 _MINUS_ONE = 0xFFFF_FFFF  # -1 as the u32 that libatomic's fetch_add takes
 _SEQ_CST = 5
 _I32 = (-(2**31), 2**31 - 1)
-_c_void_p = ctypes.c_void_p
 _DONTWAIT = int(socket.MSG_DONTWAIT)
 _pack_slot = L.SLOT.pack_into
 _pack_plain = L.SLOT_PLAIN.pack_into
@@ -99,11 +96,7 @@ class Outbound:
         self.mm = mm
         self.nslots = nslots
         self._mask = nslots - 1
-        self._w = memoryview(mm)[:L.CONTROL_SIZE].cast("I")
-        self._q = memoryview(mm)[:L.CONTROL_SIZE].cast("Q")
-        base = buffer_address(mm)
-        self._head_ptr = _c_void_p(base + L.OFF_HEAD)
-        self._credits = _c_void_p(base + L.OFF_CREDITS)
+        self._w, self._q, self._head_ptr, self._credits = L.control_views(mm)
         self._head = 0
         self.sock = mine
         self._theirs: socket.socket | None = theirs
@@ -467,12 +460,7 @@ class Outbound:
         self._final_reason = self._w[L.OFF_RX_CLOSED >> 2]
         self.closed = True
         self.sock.close()
-        if self._theirs is not None:
-            self._theirs.close()
-            self._theirs = None
-        if self._ring_fd >= 0:
-            os.close(self._ring_fd)
-            self._ring_fd = -1
+        self.connected()  # (what only the receiver needed, if still here)
         os.close(self._doorbell)
         for segment in self._segments.values():
             segment.close()
